@@ -1,0 +1,32 @@
+// The explicit inference state of one recurrent layer (mamba_simple.py: allocate_inference_cache / step).
+// Shapes (b = batch, d_inner = expanded width, d_conv = conv width, n = state size, h = heads, p = head dim):
+//   Mamba:   Conv (b, d_inner, d_conv)           Ssm (b, d_inner, n)             float32
+//   Mamba2:  Conv (b, d_inner + 2 g n, d_conv)   Ssm (b, h, p, n)                float32
+//   S4D:     Conv null                            Ssm (b, d_model, n/2) complex64
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Ssm.Backbone.Layers;
+
+public sealed class LayerState : IDisposable
+{
+    public LayerState(Tensor? conv, Tensor ssm) { Conv = conv; Ssm = ssm; }
+
+    /// <summary>The last d_conv inputs of the causal depthwise convolution (oldest first), or null.</summary>
+    public Tensor? Conv { get; set; }
+
+    /// <summary>The SSM hidden state h.</summary>
+    public Tensor Ssm { get; set; }
+
+    public void Dispose() { Conv?.Dispose(); Ssm.Dispose(); }
+}
+
+/// <summary>A layer that can run one time step at a time with constant memory (generation, streaming).</summary>
+public interface IRecurrentLayer
+{
+    /// <summary>A zero state for a batch of <paramref name="batch"/> sequences on the layer's device.</summary>
+    LayerState AllocateState(long batch);
+
+    /// <summary>One step: x (b, d_model) -> y (b, d_model); updates <paramref name="state"/> in place.</summary>
+    Tensor Step(Tensor x, LayerState state);
+}
