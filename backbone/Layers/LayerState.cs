@@ -30,3 +30,10 @@ public interface IRecurrentLayer
     /// <summary>One step: x (b, d_model) -> y (b, d_model); updates <paramref name="state"/> in place.</summary>
     Tensor Step(Tensor x, LayerState state);
 }
+
+/// <summary>A recurrent layer whose full-sequence forward can also hand over its final state (prefill, then step).</summary>
+public interface IPrefillLayer : IRecurrentLayer
+{
+    /// <summary>x (b, l, d_model) -> (b, l, d_model); a freshly allocated <paramref name="state"/> receives the state after x.</summary>
+    Tensor Forward(Tensor x, LayerState? state);
+}
