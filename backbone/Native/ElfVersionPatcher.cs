@@ -55,13 +55,13 @@ namespace Ssm.Backbone.Native
                 long p = sec.Offset;
                 for (uint i = 0; i < sec.Info; i++)
                 {
-                    Need(elf, p, 16, "Elf64_Verneed");
+                    Within(sec, p, 16, "Elf64_Verneed");
                     int cnt = U16(elf, p + 2);
                     string file = Str(elf, strtab, U32(elf, p + 4));
                     long a = p + U32(elf, p + 8);
                     for (int j = 0; j < cnt; j++)
                     {
-                        Need(elf, a, 16, "Elf64_Vernaux");
+                        Within(sec, a, 16, "Elf64_Vernaux");
                         int flags = U16(elf, a + 4);
                         string name = Str(elf, strtab, U32(elf, a + 8));
                         result.Add(new ElfVersionNeed(file, name, (flags & VerFlgWeak) != 0, checked((int)(a + 4))));
@@ -88,12 +88,12 @@ namespace Ssm.Backbone.Native
                 long p = sec.Offset;
                 for (uint i = 0; i < sec.Info; i++)
                 {
-                    Need(elf, p, 20, "Elf64_Verdef");
+                    Within(sec, p, 20, "Elf64_Verdef");
                     int cnt = U16(elf, p + 6);
                     if (cnt > 0)
                     {
                         long aux = p + U32(elf, p + 12);
-                        Need(elf, aux, 8, "Elf64_Verdaux");
+                        Within(sec, aux, 8, "Elf64_Verdaux");
                         result.Add(Str(elf, strtab, U32(elf, aux))); // the first Verdaux names the version itself
                     }
                     uint next = U32(elf, p + 16);
@@ -166,11 +166,12 @@ namespace Ssm.Backbone.Native
             var tmp = libraryPath + ".patch-" + Guid.NewGuid().ToString("N") + ".tmp";
             try
             {
+                File.Copy(libraryPath, tmp); // a copy first, so the new file keeps the old one's mode (NuGet's 0744)
                 File.WriteAllBytes(tmp, elf);
                 File.SetLastWriteTimeUtc(tmp, stamp); // an unchanged timestamp keeps incremental copies from undoing us
-                // Rename, never write in place: the output file may be a hard link into the NuGet cache.
-                File.Delete(libraryPath);
-                File.Move(tmp, libraryPath);
+                // Rename, never write in place: the output file may be a hard link into the NuGet cache. On Unix
+                // File.Replace is one rename(2), so readers see the old or the new file, never none.
+                File.Replace(tmp, libraryPath, null);
             }
             finally
             {
@@ -219,6 +220,8 @@ namespace Ssm.Backbone.Native
         {
             var all = Sections(elf);
             if (index >= all.Count) throw new InvalidDataException("string table index " + index + " out of range");
+            // Sections() bounds-checks only sections with contents; a string table must be one (SHT_STRTAB).
+            if (all[(int)index].Type != 3) throw new InvalidDataException("section " + index + " is not a string table");
             return all[(int)index];
         }
 
@@ -236,6 +239,13 @@ namespace Ssm.Backbone.Native
         {
             if (offset < 0 || size < 0 || offset > elf.Length || size > elf.Length - offset)
                 throw new InvalidDataException(what + " lies outside the file (truncated or malformed ELF)");
+        }
+
+        // Version entries must lie inside their own section: anything else is garbage, and MarkWeak would write there.
+        static void Within(Section sec, long offset, long size, string what)
+        {
+            if (offset < sec.Offset || size > sec.Size || offset - sec.Offset > sec.Size - size)
+                throw new InvalidDataException(what + " lies outside its section (malformed ELF)");
         }
 
         static int U16(byte[] b, long o) { Need(b, o, 2, "field"); return b[o] | (b[o + 1] << 8); }
