@@ -1,0 +1,150 @@
+// Scan benchmark (foundation issue, section 5): fast path vs the sequential reference, forward and
+// forward+backward, on the CPU. Prints a Markdown table naming the machine.
+//   dotnet run -c Release --project bench/ScanBench [-- --lengths 512,2048,8192 --reps 5 --quick]
+using System.Diagnostics;
+using Ssm.Backbone.Scans;
+using TorchSharp;
+using static TorchSharp.torch;
+
+var lengths = new long[] { 512, 2048, 8192 };
+int reps = 5;
+bool quick = false;
+for (int i = 0; i < args.Length; i++)
+{
+    switch (args[i])
+    {
+        case "--lengths": lengths = args[++i].Split(',').Select(long.Parse).ToArray(); break;
+        case "--reps": reps = int.Parse(args[++i]); break;
+        case "--quick": quick = true; break;
+        case "-h" or "--help":
+            Console.WriteLine("usage: ScanBench [--lengths 512,2048,8192] [--reps N] [--quick]\n  --quick: skip the sequential references at the largest length");
+            return 0;
+        default: Console.Error.WriteLine($"error: unknown argument '{args[i]}' (try --help)"); return 2;
+    }
+}
+
+torch.set_num_threads(Environment.ProcessorCount);
+Console.WriteLine($"# Scan benchmark: {Machine.Describe()}");
+Console.WriteLine($"TorchSharp threads {torch.get_num_threads()}, float32, median of up to {reps} runs after one warm-up.");
+Console.WriteLine();
+Console.WriteLine("| scan | l | pass | impl | median ms | speed-up vs reference | peak extra RSS MB |");
+Console.WriteLine("|---|---:|---|---|---:|---:|---:|");
+
+foreach (var l in lengths)
+{
+    // Selective scan: b = 1, d = 1536, n = 16 (mamba-130m's d_inner and d_state).
+    {
+        torch.manual_seed(0);
+        long b = 1, d = 1536, n = 16;
+        var u = torch.randn(b, d, l);
+        var delta = torch.randn(b, d, l) * 0.5 - 1.0;
+        var A = -torch.rand(d, n) * 4 - 0.5;
+        var B = torch.randn(b, n, l);
+        var C = torch.randn(b, n, l);
+        var D = torch.randn(d);
+        var z = torch.randn(b, d, l);
+        var bias = torch.randn(d) * 0.1;
+        foreach (var backward in new[] { false, true })
+        {
+            double? refMs = null;
+            foreach (var impl in new[] { ScanImpl.Reference, ScanImpl.Chunked, ScanImpl.Fused })
+            {
+                if (impl == ScanImpl.Reference && quick && l == lengths.Max()) continue;
+                var leaves = new[] { u, delta, A, B, C }.Select(t => t.detach().requires_grad_(backward)).ToArray();
+                var (ms, peak) = Measure.Run(impl == ScanImpl.Reference ? Math.Min(reps, 3) : reps, () =>
+                {
+                    var (y, _) = SelectiveScan.Forward(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], D, z, bias, true, impl: impl);
+                    if (backward) y.sum().backward();
+                });
+                if (impl == ScanImpl.Reference) refMs = ms;
+                Row("selective scan", l, backward, impl.ToString(), ms, refMs, peak);
+            }
+        }
+    }
+    // SSD: b = 1, h = 24 heads of p = 64, n = 128 (mamba2-130m's shapes), chunk 256.
+    {
+        torch.manual_seed(1);
+        long b = 1, h = 24, p = 64, n = 128, g = 1;
+        var x = torch.randn(b, l, h, p);
+        var dt = torch.randn(b, l, h) * 0.5 - 1.0;
+        var A = -torch.rand(h) * 4 - 0.5;
+        var B = torch.randn(b, l, g, n);
+        var C = torch.randn(b, l, g, n);
+        var D = torch.randn(h);
+        var bias = torch.randn(h) * 0.1;
+        foreach (var backward in new[] { false, true })
+        {
+            double? refMs = null;
+            foreach (var impl in new[] { "reference", "chunked" })
+            {
+                if (impl == "reference" && quick && l == lengths.Max()) continue;
+                var leaves = new[] { x, dt, A, B, C }.Select(t => t.detach().requires_grad_(backward)).ToArray();
+                var (ms, peak) = Measure.Run(impl == "reference" ? Math.Min(reps, 3) : reps, () =>
+                {
+                    var (y, _) = impl == "reference"
+                        ? Ssd.Reference(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], D: D, dtBias: bias, dtSoftplus: true)
+                        : Ssd.ChunkScan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], 256, D: D, dtBias: bias, dtSoftplus: true);
+                    if (backward) y.sum().backward();
+                });
+                if (impl == "reference") refMs = ms;
+                Row("SSD", l, backward, impl, ms, refMs, peak);
+            }
+        }
+    }
+}
+return 0;
+
+static void Row(string scan, long l, bool backward, string impl, double ms, double? refMs, double peakMb)
+{
+    string speed = refMs is double r ? $"{r / ms:F1}x" : "-";
+    Console.WriteLine($"| {scan} | {l} | {(backward ? "fwd+bwd" : "fwd")} | {impl} | {ms:F1} | {speed} | {peakMb:F0} |");
+}
+
+static class Measure
+{
+    /// <summary>Median wall time (ms) over runs after one warm-up, and the peak RSS growth (MB) during them.</summary>
+    public static (double ms, double peakMb) Run(int reps, Action body)
+    {
+        Once(body);
+        GC.Collect();
+        long baseline = Rss("VmRSS");
+        ResetPeak();
+        var times = new List<double>();
+        for (int i = 0; i < reps; i++) times.Add(Once(body));
+        long peak = Rss("VmHWM");
+        times.Sort();
+        return (times[times.Count / 2], Math.Max(0, peak - baseline) / 1024.0);
+    }
+
+    static double Once(Action body)
+    {
+        using var scope = torch.NewDisposeScope();
+        var sw = Stopwatch.StartNew();
+        body();
+        return sw.Elapsed.TotalMilliseconds;
+    }
+
+    /// <summary>Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM).</summary>
+    static void ResetPeak()
+    {
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
+    static long Rss(string key)
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith(key + ":")) return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
+        return 0;
+    }
+}
+
+static class Machine
+{
+    public static string Describe()
+    {
+        string cpu = "unknown CPU";
+        try { cpu = File.ReadLines("/proc/cpuinfo").First(x => x.StartsWith("model name")).Split(':', 2)[1].Trim(); } catch (IOException) { }
+        double memGb = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 1e9;
+        return $"{cpu}, {Environment.ProcessorCount} cores, {memGb:F0} GB, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}";
+    }
+}
