@@ -138,21 +138,26 @@ public static class SelectiveScan
     /// <summary>Core recurrence, one time step at a time. Inputs in compute dtype; B, C (b g n l).</summary>
     static (Tensor y, Tensor last) Sequential(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C)
     {
-        long b = u.shape[0], d = u.shape[1], l = u.shape[2], n = A.shape[1], g = B.shape[1];
-        var Bd = B.repeat_interleave(d / g, dim: 1);                             // (b d n l)
-        var Cd = C.repeat_interleave(d / g, dim: 1);
+        long b = u.shape[0], d = u.shape[1], n = A.shape[1], g = B.shape[1];
+        // unbind once along time: its backward is one stack, where per-step slicing would give every step a
+        // full-size gradient (quadratic in l).
+        var us = u.unbind(2);                                                    // l x (b d)
+        var ds = delta.unbind(2);
+        var Bs = B.unbind(3);                                                    // l x (b g n)
+        var Cs = C.unbind(3);
         var h = torch.zeros(new[] { b, d, n }, u.dtype, u.device);
-        var ys = new Tensor[l];
-        for (long t = 0; t < l; t++)
+        var ys = new Tensor[us.Length];
+        for (int t = 0; t < us.Length; t++)
         {
             using var step = torch.NewDisposeScope();
-            var dt = delta[.., .., t].unsqueeze(-1);                             // (b d 1)
+            var dt = ds[t].unsqueeze(-1);                                        // (b d 1)
             var dA = Discretization.ZohA(dt, A);                                 // (b d n)
-            var dBu = Discretization.EulerB(dt, Bd[.., .., .., t]) * u[.., .., t].unsqueeze(-1);
+            var Bt = Bs[t].repeat_interleave(d / g, dim: 1);                     // (b d n): channel c reads group c / (d / g)
+            var dBu = Discretization.EulerB(dt, Bt) * us[t].unsqueeze(-1);       // (b d n)
             var next = (dA * h + dBu).MoveToOuterDisposeScope();                 // (b d n)
             h.Dispose();                                                          // autograd keeps its own reference
             h = next;
-            ys[t] = (h * Cd[.., .., .., t]).sum(-1).MoveToOuterDisposeScope();   // (b d)
+            ys[t] = (h * Cs[t].repeat_interleave(d / g, dim: 1)).sum(-1).MoveToOuterDisposeScope(); // (b d)
         }
         return (torch.stack(ys, 2), h);                                          // (b d l), (b d n)
     }
