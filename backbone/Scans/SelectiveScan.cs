@@ -40,20 +40,27 @@ public static class SelectiveScan
         using var scope = torch.NewDisposeScope();
         var ct = ComputeType(u);
         var uc = u.to_type(ct);
-        var dc = PrepareDelta(delta.to_type(ct), deltaBias, deltaSoftplus);   // (b d l)
         var Ac = A.to_type(ct);
         var Bg = Grouped(B).to_type(ct);                                        // (b g n l)
         var Cg = Grouped(C).to_type(ct);
-
         if (impl == ScanImpl.Auto) impl = u.device_type == DeviceType.CPU ? ScanImpl.Fused : ScanImpl.Chunked;
-        var (y, last) = impl switch
+
+        Tensor outp, last;
+        if (impl == ScanImpl.Fused)
         {
-            ScanImpl.Fused => SelectiveScanCpuKernel.Apply(uc, dc, Ac, Bg, Cg, returnLastState),
-            ScanImpl.Chunked => Chunked(uc, dc, Ac, Bg, Cg),
-            _ => Sequential(uc, dc, Ac, Bg, Cg),
-        };
-        var outp = Epilogue(y, uc, D, z, u.dtype);
-        return (outp.MoveToOuterDisposeScope(), returnLastState ? last!.MoveToOuterDisposeScope() : null);
+            // One pass: Δ's bias and softplus, the scan, D skip and z gate all inside the kernel.
+            (outp, last) = SelectiveScanCpuKernel.Apply(uc, delta.to_type(ct), Ac, Bg, Cg,
+                D?.to_type(ct), z?.to_type(ct), deltaBias?.to_type(ct), deltaSoftplus);
+            outp = outp.to_type(u.dtype);
+        }
+        else
+        {
+            var dc = PrepareDelta(delta.to_type(ct), deltaBias, deltaSoftplus);   // (b d l)
+            Tensor y;
+            (y, last) = impl == ScanImpl.Chunked ? Chunked(uc, dc, Ac, Bg, Cg) : Sequential(uc, dc, Ac, Bg, Cg);
+            outp = Epilogue(y, uc, D, z, u.dtype);
+        }
+        return (outp.MoveToOuterDisposeScope(), returnLastState ? last.MoveToOuterDisposeScope() : null);
     }
 
     /// <summary>The sequential oracle (mamba_ssm's selective_scan_ref): a loop over time in tensor ops.</summary>

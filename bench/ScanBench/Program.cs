@@ -25,7 +25,7 @@ for (int i = 0; i < args.Length; i++)
 
 torch.set_num_threads(Environment.ProcessorCount);
 Console.WriteLine($"# Scan benchmark: {Machine.Describe()}");
-Console.WriteLine($"TorchSharp threads {torch.get_num_threads()}, float32, median of up to {reps} runs after one warm-up.");
+Console.WriteLine($"TorchSharp threads {torch.get_num_threads()}, float32, median of up to {reps} runs after two warm-ups (references: up to 3 runs).");
 Console.WriteLine();
 Console.WriteLine("| scan | l | pass | impl | median ms | speed-up vs reference | peak extra RSS MB |");
 Console.WriteLine("|---|---:|---|---|---:|---:|---:|");
@@ -102,9 +102,11 @@ static void Row(string scan, long l, bool backward, string impl, double ms, doub
 
 static class Measure
 {
-    /// <summary>Median wall time (ms) over runs after one warm-up, and the peak RSS growth (MB) during them.</summary>
+    /// <summary>Median wall time (ms) over runs after two warm-ups, and the peak RSS growth (MB) during them.</summary>
     public static (double ms, double peakMb) Run(int reps, Action body)
     {
+        // Two warm-ups: the first calls also pay for JIT, thread-pool start and first-touch page faults.
+        Once(body);
         Once(body);
         GC.Collect();
         long baseline = Rss("VmRSS");
@@ -133,7 +135,7 @@ static class Measure
     static long Rss(string key)
     {
         foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith(key + ":")) return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
+            if (line.StartsWith(key + ":")) return long.Parse(line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)[1]);
         return 0;
     }
 }
