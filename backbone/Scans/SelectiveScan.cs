@@ -11,8 +11,9 @@
 //
 // Three implementations, all device- and dtype-generic and tested against each other:
 //   Reference  the sequential loop (selective_scan_ref), kept as the oracle.
-//   Fused      CPU tensors: a fused kernel (SelectiveScanCpuKernel) that never materialises the (b, d, l, n)
-//              state, parallel over channels, with a hand-written backward that recomputes the states.
+//   Fused      CPU tensors: one pass of a C# kernel (SelectiveScanCpuKernel) over raw memory: Δ's bias and
+//              softplus, the scan, C·h, D skip and z gate; the (b, d, l, n) state is never materialised and
+//              the hand-written backward recomputes it per channel.
 //   Chunked    any device: chunks of length K in tensor ops; inside a chunk h = W β with the stable decay
 //              matrix W[t, s] = exp(S_t - S_s) (s <= t), S the cumulative sum of Δ A; autograd by torch.
 // Auto picks Fused on the CPU and Chunked elsewhere. bench/ measures all three.

@@ -110,15 +110,23 @@ public static class Ssd
         var states = torch.einsum("bclgrp,bclgn->bcgrpn", xdt * decayStates, Bk); // (b, c, g, r, p, n)
 
         // Step 3 - inter-chunk recurrence (middle factor, the A terms): pass the states across chunk boundaries,
-        // starting from initialStates; newStates[k] is the state entering chunk k, newStates[c] the final state.
-        var init = initialStates is null
-            ? torch.zeros(new long[] { b, 1, g, r, p, n }, dtype: cd, device: x.device)
-            : initialStates.to(cd).reshape(b, 1, g, r, p, n);                 // (b, 1, g, r, p, n)
-        var allStates = torch.cat(new[] { init, states }, 1);                 // (b, c + 1, g, r, p, n)
-        var chunkDecay = F.pad(Acs.select(-1, Q - 1), new long[] { 1, 0 });  // (b, g, r, c + 1)  total log-decay per chunk
-        var decayChunk = Segsum(chunkDecay).exp();                            // (b, g, r, c + 1, c + 1)
-        var newStates = torch.einsum("bgrzk,bkgrpn->bzgrpn", decayChunk, allStates); // (b, c + 1, g, r, p, n)
-        var prevStates = newStates.narrow(1, 0, c);                           // (b, c, g, r, p, n)
+        // starting from initialStates: entering[k + 1] = exp(total decay of chunk k) entering[k] + S_k.
+        // A plain loop over the c chunks: O(c h p n), where the paper's (c+1) x (c+1) segsum matrix costs O(c^2 h p n)
+        // and dominates at long l or short chunks on the CPU.
+        var running = initialStates is null
+            ? torch.zeros(new long[] { b, g, r, p, n }, dtype: cd, device: x.device)
+            : initialStates.to(cd).reshape(b, g, r, p, n);                    // (b, g, r, p, n)
+        // unbind (not select in the loop), so the backward is one stack instead of c full-size scatters.
+        var chunkDecay = Acs.select(-1, Q - 1).exp().reshape(b, g, r, c, 1, 1).unbind(3); // c x (b, g, r, 1, 1)
+        var chunkStates = states.unbind(1);                                   // c x (b, g, r, p, n)
+        var entering = new Tensor[c];
+        for (long k = 0; k < c; k++)
+        {
+            entering[k] = running;                                            // state entering chunk k
+            running = running * chunkDecay[k] + chunkStates[k];               // (b, g, r, p, n)
+        }
+        var prevStates = c > 0 ? torch.stack(entering, 1)                     // (b, c, g, r, p, n)
+            : torch.zeros(new long[] { b, 0, g, r, p, n }, dtype: cd, device: x.device);
 
         // Step 4 - state to output (left factor, the C terms):
         //   Y_off[l] = exp(Acs_l) C_l . newStates[chunk]
@@ -131,7 +139,7 @@ public static class Ssd
 
         Tensor? finalStates = null;
         if (returnFinalStates)
-            finalStates = newStates.select(1, c).reshape(b, h, p, n).clone().MoveToOuterDisposeScope(); // (b, h, p, n), own storage
+            finalStates = running.reshape(b, h, p, n).clone().MoveToOuterDisposeScope(); // (b, h, p, n), own storage
         return (yOut, finalStates);
     }
 

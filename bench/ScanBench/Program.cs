@@ -9,23 +9,37 @@ using static TorchSharp.torch;
 var lengths = new long[] { 512, 2048, 8192 };
 int reps = 5;
 bool quick = false;
-for (int i = 0; i < args.Length; i++)
+long chunkedMaxLength = 2048;
+try
 {
-    switch (args[i])
+    for (int i = 0; i < args.Length; i++)
     {
-        case "--lengths": lengths = args[++i].Split(',').Select(long.Parse).ToArray(); break;
-        case "--reps": reps = int.Parse(args[++i]); break;
-        case "--quick": quick = true; break;
-        case "-h" or "--help":
-            Console.WriteLine("usage: ScanBench [--lengths 512,2048,8192] [--reps N] [--quick]\n  --quick: skip the sequential references at the largest length");
-            return 0;
-        default: Console.Error.WriteLine($"error: unknown argument '{args[i]}' (try --help)"); return 2;
+        string Next() => i + 1 < args.Length ? args[++i] : throw new FormatException($"{args[i]} needs a value");
+        switch (args[i])
+        {
+            case "--lengths": lengths = Next().Split(',').Select(long.Parse).ToArray(); break;
+            case "--reps": reps = int.Parse(Next()); break;
+            case "--quick": quick = true; break;
+            case "--chunked-max-length": chunkedMaxLength = long.Parse(Next()); break;
+            case "-h" or "--help":
+                Console.WriteLine("usage: ScanBench [--lengths 512,2048,8192] [--reps N] [--quick] [--chunked-max-length L]\n" +
+                    "  --quick: skip the sequential references at the largest length\n" +
+                    "  --chunked-max-length: longest l for the selective scan's Chunked path with backward (default 2048; memory)");
+                return 0;
+            default: throw new FormatException($"unknown argument '{args[i]}' (try --help)");
+        }
     }
+    if (reps < 1 || lengths.Length == 0 || lengths.Any(x => x < 1)) throw new FormatException("lengths and --reps must be positive");
+}
+catch (Exception e) when (e is FormatException or OverflowException)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 2;
 }
 
 torch.set_num_threads(Environment.ProcessorCount);
 Console.WriteLine($"# Scan benchmark: {Machine.Describe()}");
-Console.WriteLine($"TorchSharp threads {torch.get_num_threads()}, float32, median of up to {reps} runs after two warm-ups (references: up to 3 runs).");
+Console.WriteLine($"TorchSharp threads {torch.get_num_threads()}, float32, median of up to {reps} runs after two warm-ups (references and the selective scan's Chunked path: up to 3 runs); peak = extra resident memory of one more run.");
 Console.WriteLine();
 Console.WriteLine("| scan | l | pass | impl | median ms | speed-up vs reference | peak extra RSS MB |");
 Console.WriteLine("|---|---:|---|---|---:|---:|---:|");
@@ -50,8 +64,15 @@ foreach (var l in lengths)
             foreach (var impl in new[] { ScanImpl.Reference, ScanImpl.Chunked, ScanImpl.Fused })
             {
                 if (impl == ScanImpl.Reference && quick && l == lengths.Max()) continue;
+                // The tensor-op path keeps a (b, d, n, 16, 16) decay matrix per chunk for autograd: ~8 GB at l = 2048,
+                // so past that it would not fit in this machine's memory.
+                if (impl == ScanImpl.Chunked && backward && l > chunkedMaxLength)
+                {
+                    Console.WriteLine($"| selective scan | {l} | fwd+bwd | Chunked | skipped (memory grows ~4 MB per step) | - | - |");
+                    continue;
+                }
                 var leaves = new[] { u, delta, A, B, C }.Select(t => t.detach().requires_grad_(backward)).ToArray();
-                var (ms, peak) = Measure.Run(impl == ScanImpl.Reference ? Math.Min(reps, 3) : reps, () =>
+                var (ms, peak) = Measure.Run(impl == ScanImpl.Fused ? reps : Math.Min(reps, 3), () =>
                 {
                     var (y, _) = SelectiveScan.Forward(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], D, z, bias, true, impl: impl);
                     if (backward) y.sum().backward();
@@ -75,18 +96,20 @@ foreach (var l in lengths)
         foreach (var backward in new[] { false, true })
         {
             double? refMs = null;
-            foreach (var impl in new[] { "reference", "chunked" })
+            // Chunk 256 is mamba_ssm's default (sized for GPU tensor cores); 64 suits the CPU (less quadratic work).
+            foreach (var chunk in new[] { 0, 64, 256 })
             {
-                if (impl == "reference" && quick && l == lengths.Max()) continue;
+                string impl = chunk == 0 ? "Reference" : $"Chunked Q={chunk}";
+                if (chunk == 0 && quick && l == lengths.Max()) continue;
                 var leaves = new[] { x, dt, A, B, C }.Select(t => t.detach().requires_grad_(backward)).ToArray();
-                var (ms, peak) = Measure.Run(impl == "reference" ? Math.Min(reps, 3) : reps, () =>
+                var (ms, peak) = Measure.Run(chunk == 0 ? Math.Min(reps, 3) : reps, () =>
                 {
-                    var (y, _) = impl == "reference"
+                    var (y, _) = chunk == 0
                         ? Ssd.Reference(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], D: D, dtBias: bias, dtSoftplus: true)
-                        : Ssd.ChunkScan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], 256, D: D, dtBias: bias, dtSoftplus: true);
+                        : Ssd.ChunkScan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], chunk, D: D, dtBias: bias, dtSoftplus: true);
                     if (backward) y.sum().backward();
                 });
-                if (impl == "reference") refMs = ms;
+                if (chunk == 0) refMs = ms;
                 Row("SSD", l, backward, impl, ms, refMs, peak);
             }
         }
@@ -102,21 +125,31 @@ static void Row(string scan, long l, bool backward, string impl, double ms, doub
 
 static class Measure
 {
-    /// <summary>Median wall time (ms) over runs after two warm-ups, and the peak RSS growth (MB) during them.</summary>
+    /// <summary>
+    /// Median wall time (ms) over runs after two warm-ups; then, in one more run, the peak growth of the resident set
+    /// (MB) over a baseline taken after returning the allocator's free memory to the OS (malloc_trim), so memory
+    /// that was merely cached by the allocator does not hide what the run needs.
+    /// </summary>
     public static (double ms, double peakMb) Run(int reps, Action body)
     {
-        // Two warm-ups: the first calls also pay for JIT, thread-pool start and first-touch page faults.
+        // Two warm-ups: the first calls also pay for thread-pool start and first-touch page faults.
         Once(body);
         Once(body);
-        GC.Collect();
-        long baseline = Rss("VmRSS");
-        ResetPeak();
         var times = new List<double>();
         for (int i = 0; i < reps; i++) times.Add(Once(body));
-        long peak = Rss("VmHWM");
         times.Sort();
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        malloc_trim(0);
+        long baseline = Rss("VmRSS");
+        ResetPeak();
+        Once(body);
+        long peak = Rss("VmHWM");
         return (times[times.Count / 2], Math.Max(0, peak - baseline) / 1024.0);
     }
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    static extern int malloc_trim(nuint pad);
 
     static double Once(Action body)
     {
