@@ -65,11 +65,7 @@ public sealed class Mamba : nn.Module<Tensor, Tensor>, IPrefillLayer
             // variance fixed by the bias below (mamba_simple.py, dt_init == "random").
             double std = Math.Pow(r, -0.5) * config.DtScale;
             nn.init.uniform_(dt_proj.weight!, -std, std);
-            // dt_proj.bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] and floored: Δ starts in the
-            // range the S4 papers found to work; inverse softplus is dt + log(-expm1(-dt)).
-            var dt = torch.exp(torch.rand(dIn) * (Math.Log(config.DtMax) - Math.Log(config.DtMin)) + Math.Log(config.DtMin))
-                .clamp_min(config.DtInitFloor);
-            dt_proj.bias!.copy_(dt + torch.log(-torch.expm1(-dt)));
+            dt_proj.bias!.copy_(SsmInit.DtBias(dIn, config.DtMin, config.DtMax, config.DtInitFloor));
         }
         // S4D-Real initialisation A_n = -(n + 1), stored as log so A stays negative (stable); D = 1 (skip).
         // Neither should get weight decay (mamba_simple.py sets _no_weight_decay on both).

@@ -61,10 +61,7 @@ public sealed class Mamba2 : nn.Module<Tensor, Tensor>, IPrefillLayer
         long h = config.NHeads, dIn = config.DInner;
         in_proj = nn.Linear(config.DModel, dIn + config.ConvDim + h, hasBias: config.Bias);
         conv1d = CausalConv.Create(config.ConvDim, config.DConv, config.ConvBias);
-        // dt_bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] (as in Mamba-1, one per head).
-        var dt = torch.exp(torch.rand(h) * (Math.Log(config.DtMax) - Math.Log(config.DtMin)) + Math.Log(config.DtMin))
-            .clamp_min(config.DtInitFloor);
-        dt_bias = new Parameter(dt + torch.log(-torch.expm1(-dt)));
+        dt_bias = new Parameter(SsmInit.DtBias(h, config.DtMin, config.DtMax, config.DtInitFloor)); // one per head
         // A uniform in [A_init_min, A_init_max], stored as log so A = -exp(A_log) stays negative; D = 1.
         A_log = new Parameter(torch.log(torch.empty(h).uniform_(config.AInitMin, config.AInitMax)));
         D = new Parameter(torch.ones(h));

@@ -26,4 +26,17 @@ public static class Discretization
 
     /// <summary>Euler step for the input matrix: B_bar = delta * B (Mamba's selective scan).</summary>
     public static Tensor EulerB(Tensor delta, Tensor B) => delta * B;
+
+    /// <summary>
+    /// The step size from its raw projection, as both mamba_ssm scans do: delta + bias, then softplus (torch's:
+    /// beta 1, linear above 20) when asked, then clamped to [min, max] (Mamba-2's dt_limit; no clamp by default).
+    /// <paramref name="bias"/> must broadcast against <paramref name="delta"/>.
+    /// </summary>
+    public static Tensor StepSize(Tensor delta, Tensor? bias, bool softplus,
+        double min = double.NegativeInfinity, double max = double.PositiveInfinity)
+    {
+        var d = bias is null ? delta.alias() : delta + bias;
+        if (softplus) d = torch.nn.functional.softplus(d);
+        return double.IsNegativeInfinity(min) && double.IsPositiveInfinity(max) ? d : d.clamp(min, max);
+    }
 }

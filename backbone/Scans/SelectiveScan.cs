@@ -56,7 +56,7 @@ public static class SelectiveScan
         }
         else
         {
-            var dc = PrepareDelta(delta.to_type(ct), deltaBias, deltaSoftplus);   // (b d l)
+            var dc = Discretization.StepSize(delta.to_type(ct), deltaBias?.to_type(ct).unsqueeze(-1), deltaSoftplus); // (b d l)
             Tensor y;
             (y, last) = impl == ScanImpl.Chunked ? Chunked(uc, dc, Ac, Bg, Cg) : Sequential(uc, dc, Ac, Bg, Cg);
             outp = Epilogue(y, uc, D, z, u.dtype);
@@ -80,7 +80,7 @@ public static class SelectiveScan
         using var scope = torch.NewDisposeScope();
         var ct = state.dtype;
         long d = u.shape[1];
-        var dt = PrepareDelta(delta.to_type(ct).unsqueeze(-1), deltaBias, deltaSoftplus).squeeze(-1); // (b d)
+        var dt = Discretization.StepSize(delta.to_type(ct), deltaBias?.to_type(ct), deltaSoftplus); // (b d)
         var Bd = PerChannel(B.to_type(ct), d);                                   // (b d n)
         var Cd = PerChannel(C.to_type(ct), d);
         var dtn = dt.unsqueeze(-1);                                              // (b d 1)
@@ -95,13 +95,6 @@ public static class SelectiveScan
     // ---------------------------------------------------------------- shared pieces
 
     internal static ScalarType ComputeType(Tensor t) => t.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-
-    /// <summary>delta + bias, then softplus (selective_scan_ref order).</summary>
-    static Tensor PrepareDelta(Tensor delta, Tensor? bias, bool softplus)
-    {
-        var d = bias is null ? delta : delta + bias.to_type(delta.dtype).unsqueeze(-1);
-        return softplus ? F.softplus(d) : d;
-    }
 
     /// <summary>(b n l) -> (b 1 n l); (b g n l) unchanged.</summary>
     static Tensor Grouped(Tensor BC) => BC.dim() == 3 ? BC.unsqueeze(1) : BC;

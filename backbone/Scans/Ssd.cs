@@ -159,10 +159,7 @@ public static class Ssd
 
         using var scope = torch.NewDisposeScope();
         var xc = x.to(cd);                                                    // (b, l, h, p)
-        var dtc = dt.to(cd);                                                  // (b, l, h)
-        if (dtBias is not null) dtc = dtc + dtBias.to(cd);
-        if (dtSoftplus) dtc = F.softplus(dtc);
-        dtc = dtc.clamp(dtMin, dtMax);
+        var dtc = ProcessDt(dt, dtBias, dtSoftplus, dtMin, dtMax, cd);        // (b, l, h)
         var Ac = A.to(cd);                                                    // (h)
         // unbind once along time: its backward is one stack, where per-step select would give every step a
         // full-size gradient (quadratic in l).
@@ -273,12 +270,7 @@ public static class Ssd
 
     /// <summary>dt -> clamp(softplus?(dt + dtBias), dtMin, dtMax) in the compute dtype; dt (..., h), dtBias (h).</summary>
     private static Tensor ProcessDt(Tensor dt, Tensor? dtBias, bool softplus, double dtMin, double dtMax, ScalarType cd)
-    {
-        var d = dt.to(cd);
-        if (dtBias is not null) d = d + dtBias.to(cd);
-        if (softplus) d = F.softplus(d);                                      // beta 1, linear above 20 (as mamba_ssm)
-        return d.clamp(dtMin, dtMax);
-    }
+        => Discretization.StepSize(dt.to(cd), dtBias?.to(cd), softplus, dtMin, dtMax);
 
     /// <summary>
     /// Stable segment sum (ssd_minimal's <c>segsum</c>): a (..., T) -> (..., T, T) with

@@ -91,6 +91,18 @@ public class BlockTests
     }
 
     [Fact]
+    public void DtBiasIsTheInverseSoftplusOfALogUniformStep()
+    {
+        torch.manual_seed(9);
+        var bias = SsmInit.DtBias(4096, 0.001, 0.1, 1e-4).to_type(ScalarType.Float64);
+        // softplus(bias) = log(1 + e^bias), computed independently in plain C#.
+        var dt = bias.data<double>().ToArray().Select(x => Math.Log(1 + Math.Exp(x))).ToArray();
+        Assert.All(dt, v => Assert.InRange(v, 0.001 * (1 - 1e-4), 0.1 * (1 + 1e-4)));
+        // log-uniform: the mean of log(dt) sits half-way between log(0.001) and log(0.1).
+        Assert.InRange(dt.Select(v => Math.Log(v)).Average(), Math.Log(0.01) - 0.1, Math.Log(0.01) + 0.1);
+    }
+
+    [Fact]
     public void RmsNormsMatchTheirClosedForms()
     {
         torch.manual_seed(3);
