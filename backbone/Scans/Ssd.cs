@@ -95,9 +95,12 @@ public static class Ssd
 
         // Step 1 - diagonal blocks (intra-chunk outputs), the quadratic "attention" form:
         //   Y_diag[l] = sum_{s <= l} (C_l . B_s) exp(Acs_l - Acs_s) dt_s x_s
-        // The (Q, Q) blocks are the bulk of the memory traffic: exp in place (autograd-safe, exp saves its result), the
-        // product in place as well when no gradient is recorded; the handles are dropped as soon as they are used.
-        var L = Segsum(dA).exp_();                                            // (b, g, r, c, Q, Q)  [l, s], 0 above the diagonal
+        // The (Q, Q) blocks are the bulk of the memory traffic: mask and exp in place (autograd-safe: exp saves its
+        // result), the product in place as well when no gradient is recorded; handles are dropped as soon as used.
+        // exp(Acs_l - Acs_s) from differences of the within-chunk cumsum (as mamba_ssm's chunk_scan kernel does):
+        // fewer passes over the (Q, Q) blocks than the masked segsum, forward and backward; masked before exp.
+        var upper = torch.ones(new long[] { Q, Q }, dtype: ScalarType.Bool, device: x.device).triu(1);
+        var L = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2)).masked_fill_(upper, double.NegativeInfinity).exp_(); // (b, g, r, c, Q, Q)
         var CB = torch.einsum("bclgn,bcsgn->bgcls", Ck, Bk).unsqueeze(2);     // (b, g, 1, c, Q, Q)
         var M = RecordsGradient(x, dt, A, B, C, dtBias) ? L * CB : L.mul_(CB); // (b, g, r, c, Q, Q)
         CB.Dispose();
@@ -271,25 +274,6 @@ public static class Ssd
     /// <summary>dt -> clamp(softplus?(dt + dtBias), dtMin, dtMax) in the compute dtype; dt (..., h), dtBias (h).</summary>
     private static Tensor ProcessDt(Tensor dt, Tensor? dtBias, bool softplus, double dtMin, double dtMax, ScalarType cd)
         => Discretization.StepSize(dt.to(cd), dtBias?.to(cd), softplus, dtMin, dtMax);
-
-    /// <summary>
-    /// Stable segment sum (ssd_minimal's <c>segsum</c>): a (..., T) -> (..., T, T) with
-    /// out[..., i, j] = a[j+1] + ... + a[i] for i >= j (0 on the diagonal) and -inf above it, so exp() is the
-    /// lower-triangular decay matrix. Summing the masked copies instead of differencing a long cumsum avoids
-    /// cancellation.
-    /// </summary>
-    private static Tensor Segsum(Tensor a)
-    {
-        using var scope = torch.NewDisposeScope();
-        long T = a.shape[^1];
-        var shape = a.shape.Append(T).ToArray();
-        var ones = torch.ones(new long[] { T, T }, dtype: ScalarType.Bool, device: a.device);
-        var strictlyBelow = ones.tril(-1);                                    // (T, T)  k > j
-        var onOrBelow = ones.tril(0);                                         // (T, T)  i >= j
-        var rep = a.unsqueeze(-1).expand(shape);                              // (..., T, T)  rep[k, j] = a[k]
-        var summed = rep.masked_fill(strictlyBelow.logical_not(), 0.0).cumsum(-2); // sum_{j < k <= i} a[k]
-        return summed.masked_fill_(onOrBelow.logical_not(), double.NegativeInfinity).MoveToOuterDisposeScope();
-    }
 
     /// <summary>y + D x, then * silu(z); y, x (..., h, p) in the compute dtype, D (h) or (h, p), z (..., h, p).</summary>
     private static Tensor SkipAndGate(Tensor y, Tensor xc, Tensor? D, Tensor? z, long h)
