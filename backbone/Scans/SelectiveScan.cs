@@ -47,6 +47,13 @@ public static class SelectiveScan
         if (impl == ScanImpl.Auto) impl = u.device_type == DeviceType.CPU ? ScanImpl.Fused : ScanImpl.Chunked;
 
         Tensor outp, last;
+        if (u.shape[2] == 0)
+        {
+            // An empty sequence: no output, and the state stays at its zero start.
+            outp = torch.empty_like(u);
+            last = torch.zeros(new[] { u.shape[0], u.shape[1], A.shape[1] }, ct, u.device);
+            return (outp.MoveToOuterDisposeScope(), returnLastState ? last.MoveToOuterDisposeScope() : null);
+        }
         if (impl == ScanImpl.Fused)
         {
             // One pass: Δ's bias and softplus, the scan, D skip and z gate all inside the kernel.

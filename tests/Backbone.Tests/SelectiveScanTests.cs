@@ -195,6 +195,20 @@ public class SelectiveScanTests
     }
 
     [Fact]
+    public void EmptySequenceGivesEmptyOutputAndZeroState()
+    {
+        foreach (var impl in new[] { ScanImpl.Fused, ScanImpl.Chunked, ScanImpl.Reference })
+        {
+            var u = torch.randn(2, 3, 0);
+            var (y, last) = SelectiveScan.Forward(u, u, -torch.rand(3, 4), torch.randn(2, 4, 0), torch.randn(2, 4, 0),
+                returnLastState: true, impl: impl);
+            Assert.Equal(new long[] { 2, 3, 0 }, y.shape);
+            Assert.Equal(new long[] { 2, 3, 4 }, last!.shape);
+            Assert.Equal(0.0, last.abs().sum().item<float>());
+        }
+    }
+
+    [Fact]
     public void BadShapesAreClearErrors()
     {
         var u = torch.randn(1, 4, 8);
