@@ -6,6 +6,7 @@ using Ssm.Backbone.Layers;
 using Ssm.Backbone.Scans;
 using TorchSharp;
 using static TorchSharp.torch;
+using static Backbone.Tests.TestUtil;
 
 public class S4DTests
 {
@@ -30,32 +31,6 @@ public class S4DTests
         return z;
     }
 
-    /// <summary>max |a - b| / max |b| (b the reference).</summary>
-    private static double RelErr(Tensor a, Tensor b)
-    {
-        Assert.Equal(b.shape, a.shape);
-        var x = Doubles(a);
-        var y = Doubles(b);
-        double num = 0, den = 0;
-        for (int i = 0; i < x.Length; i++)
-        {
-            num = Math.Max(num, Math.Abs(x[i] - y[i]));
-            den = Math.Max(den, Math.Abs(y[i]));
-        }
-        return num / Math.Max(den, 1e-300);
-    }
-
-    private static double RelErr(double[] a, double[] b)
-    {
-        Assert.Equal(b.Length, a.Length);
-        double num = 0, den = 0;
-        for (int i = 0; i < a.Length; i++)
-        {
-            num = Math.Max(num, Math.Abs(a[i] - b[i]));
-            den = Math.Max(den, Math.Abs(b[i]));
-        }
-        return num / Math.Max(den, 1e-300);
-    }
 
     private static Tensor RandomComplex(long h, long m, ScalarType realType)
     {

@@ -18,6 +18,19 @@ static class TestUtil
         return (a64 - b64).abs().max().item<double>() / den;
     }
 
+    /// <summary>max |a - b| / max |b| over plain arrays (b the reference, assumed not all zero).</summary>
+    public static double RelErr(double[] a, double[] b)
+    {
+        Assert.Equal(b.Length, a.Length);
+        double num = 0, den = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            num = Math.Max(num, Math.Abs(a[i] - b[i]));
+            den = Math.Max(den, Math.Abs(b[i]));
+        }
+        return num / Math.Max(den, 1e-300);
+    }
+
     public static void Close(Tensor actual, Tensor expected, double tol, string what = "")
     {
         double e = RelErr(actual, expected);
