@@ -106,12 +106,11 @@ public static class SelectiveScan
     /// <summary>(b n l) -> (b 1 n l); (b g n l) unchanged.</summary>
     static Tensor Grouped(Tensor BC) => BC.dim() == 3 ? BC.unsqueeze(1) : BC;
 
-    /// <summary>Step-mode B/C: (b n) or (b g n) -> (b d n), channel c reading group c / (d / g).</summary>
-    static Tensor PerChannel(Tensor BC, long d)
-    {
-        var g = BC.dim() == 2 ? BC.unsqueeze(1) : BC;                            // (b g n)
-        return g.repeat_interleave(d / g.shape[1], dim: 1);                      // (b d n)
-    }
+    /// <summary>Grouped B/C (b, g, ...) -> per channel (b, d, ...): channel c reads group c / (d / g).</summary>
+    static Tensor ToChannels(Tensor grouped, long d) => grouped.repeat_interleave(d / grouped.shape[1], dim: 1);
+
+    /// <summary>Step-mode B/C: (b n) or (b g n) -> (b d n).</summary>
+    static Tensor PerChannel(Tensor BC, long d) => ToChannels(BC.dim() == 2 ? BC.unsqueeze(1) : BC, d);
 
     /// <summary>y + D u, times silu(z), cast to the output dtype.</summary>
     static Tensor Epilogue(Tensor y, Tensor u, Tensor? D, Tensor? z, ScalarType outType)
@@ -146,7 +145,7 @@ public static class SelectiveScan
     /// <summary>Core recurrence, one time step at a time. Inputs in compute dtype; B, C (b g n l).</summary>
     static (Tensor y, Tensor last) Sequential(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C)
     {
-        long b = u.shape[0], d = u.shape[1], n = A.shape[1], g = B.shape[1];
+        long b = u.shape[0], d = u.shape[1], n = A.shape[1];
         // unbind once along time: its backward is one stack, where per-step slicing would give every step a
         // full-size gradient (quadratic in l).
         var us = u.unbind(2);                                                    // l x (b d)
@@ -160,12 +159,12 @@ public static class SelectiveScan
             using var step = torch.NewDisposeScope();
             var dt = ds[t].unsqueeze(-1);                                        // (b d 1)
             var dA = Discretization.ZohA(dt, A);                                 // (b d n)
-            var Bt = Bs[t].repeat_interleave(d / g, dim: 1);                     // (b d n): channel c reads group c / (d / g)
+            var Bt = ToChannels(Bs[t], d);                                       // (b d n)
             var dBu = Discretization.EulerB(dt, Bt) * us[t].unsqueeze(-1);       // (b d n)
             var next = (dA * h + dBu).MoveToOuterDisposeScope();                 // (b d n)
             h.Dispose();                                                          // autograd keeps its own reference
             h = next;
-            ys[t] = (h * Cs[t].repeat_interleave(d / g, dim: 1)).sum(-1).MoveToOuterDisposeScope(); // (b d)
+            ys[t] = (h * ToChannels(Cs[t], d)).sum(-1).MoveToOuterDisposeScope();   // (b d)
         }
         return (torch.stack(ys, 2), h);                                          // (b d l), (b d n)
     }
@@ -177,7 +176,7 @@ public static class SelectiveScan
 
     static (Tensor y, Tensor last) Chunked(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C)
     {
-        long b = u.shape[0], d = u.shape[1], l = u.shape[2], n = A.shape[1], g = B.shape[1];
+        long b = u.shape[0], d = u.shape[1], l = u.shape[2], n = A.shape[1];
         var h = torch.zeros(new[] { b, d, n }, u.dtype, u.device);              // state entering the chunk
         var ys = new List<Tensor>();
         for (long t0 = 0; t0 < l; t0 += ChunkLength)
@@ -186,8 +185,8 @@ public static class SelectiveScan
             long k = Math.Min(ChunkLength, l - t0);
             var sl = TensorIndex.Slice(t0, t0 + k);
             var dt = delta[.., .., sl];                                          // (b d k)
-            var Bk = B[.., .., .., sl].repeat_interleave(d / g, dim: 1);         // (b d n k)
-            var Ck = C[.., .., .., sl].repeat_interleave(d / g, dim: 1);
+            var Bk = ToChannels(B[.., .., .., sl], d);                           // (b d n k)
+            var Ck = ToChannels(C[.., .., .., sl], d);
             var S = torch.cumsum(dt.unsqueeze(2) * A.unsqueeze(0).unsqueeze(-1), 3); // (b d n k): sum_{r<=t} Δ_r A
             var beta = Discretization.EulerB(dt.unsqueeze(2), Bk) * u[.., .., sl].unsqueeze(2); // (b d n k)
             // W[t, s] = exp(S_t - S_s) for s <= t, else 0; masking before exp keeps it finite and stable.
