@@ -108,11 +108,8 @@ internal sealed class SelectiveScanCpuKernel : torch.autograd.MultiTensorFunctio
     /// <summary>Gradient buffers; B and C have one accumulator per worker.</summary>
     sealed record Grads(Tensor u, Tensor delta, Tensor A, Tensor[] B, Tensor[] C, Tensor D, Tensor z, Tensor bias);
 
-    [DllImport("LibTorchSharp")]
-    static extern IntPtr THSTensor_data(IntPtr handle);
-
     /// <summary>Raw data pointer of a contiguous CPU tensor (storage offset included).</summary>
-    static unsafe T* Ptr<T>(Tensor t) where T : unmanaged => t.numel() == 0 ? null : (T*)THSTensor_data(t.Handle);
+    static unsafe T* Ptr<T>(Tensor t) where T : unmanaged => t.numel() == 0 ? null : (T*)Native.TensorPointer.Of(t);
 
     /// <summary>
     /// Δ for one channel: dst = softplus(raw + bias) (or raw + bias), vectorised; softplus(x) = max(x, 0) + log1p(exp(-|x|)),

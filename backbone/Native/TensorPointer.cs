@@ -1,0 +1,13 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
+
+namespace Ssm.Backbone.Native;
+
+/// <summary>The raw data pointer of a tensor (storage offset included), from TorchSharp's native shim.</summary>
+internal static class TensorPointer
+{
+    [DllImport("LibTorchSharp")]
+    static extern IntPtr THSTensor_data(IntPtr handle);
+
+    public static IntPtr Of(torch.Tensor t) => t.numel() == 0 ? IntPtr.Zero : THSTensor_data(t.Handle);
+}
