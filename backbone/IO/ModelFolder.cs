@@ -29,6 +29,19 @@ public static class ModelFolder
         return d;
     }
 
+    /// <summary>Names that alias an earlier tensor of the state dict (tied weights): not written, not required on load.</summary>
+    public static HashSet<string> TiedNames(nn.Module model)
+    {
+        var seen = new HashSet<IntPtr>();
+        var tied = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (name, t) in model.state_dict())
+        {
+            var ptr = Native.TensorPointer.Of(t);
+            if (ptr != IntPtr.Zero && !seen.Add(ptr)) tied.Add(name);
+        }
+        return tied;
+    }
+
     /// <summary>Writes config.json and model.safetensors into <paramref name="dir"/>, each file atomically.</summary>
     public static void Save(string dir, nn.Module model, JsonNode config, IReadOnlyDictionary<string, string>? metadata = null)
     {
@@ -53,13 +66,14 @@ public static class ModelFolder
 
     /// <summary>
     /// Copies tensors into the model's parameters and buffers by name. Every model tensor must be present (except the
-    /// names in <paramref name="optional"/>, e.g. a tied lm_head.weight), every given tensor must name one, and shapes must
+    /// names in <paramref name="optional"/> and tied aliases such as lm_head.weight), every given tensor must name one, and shapes must
     /// agree; dtype and device are converted to the model's. Errors name the tensor.
     /// </summary>
     public static void LoadInto(nn.Module model, IReadOnlyDictionary<string, Tensor> tensors, string source,
         IReadOnlySet<string>? optional = null)
     {
         var target = model.state_dict();
+        var tied = TiedNames(model);
         var unexpected = tensors.Keys.Where(k => !target.ContainsKey(k)).Order(StringComparer.Ordinal).ToList();
         if (unexpected.Count > 0)
             throw new InvalidDataException($"{source}: tensor '{unexpected[0]}' is not a parameter of the model" +
@@ -69,7 +83,7 @@ public static class ModelFolder
         {
             if (!tensors.TryGetValue(name, out var src))
             {
-                if (optional?.Contains(name) == true) continue;
+                if (optional?.Contains(name) == true || tied.Contains(name)) continue;
                 throw new InvalidDataException($"{source}: missing tensor '{name}' (shape [{string.Join(", ", dst.shape)}])");
             }
             if (!src.shape.SequenceEqual(dst.shape))

@@ -17,7 +17,7 @@ public sealed class ProgressBar : IDisposable
     readonly bool _interactive;
     readonly TextWriter _out;
     readonly long _start;
-    TimeSpan _lastDraw = TimeSpan.MinValue;
+    TimeSpan _lastDraw = TimeSpan.FromDays(-1);
     long _done;
     string _status = "";
     bool _finished;
