@@ -1,6 +1,8 @@
 // AdamW (Loshchilov & Hutter 2019, Algorithm 2) written out in tensor ops, so that its state is ours to save:
 // a checkpoint holds exp_avg.{name} and exp_avg_sq.{name} beside the step count, and a resumed run continues with
 // exactly the moments it stopped with (torch.optim.AdamW's update, decoupled weight decay, bias correction).
+// Mixed precision (Micikevicius et al. 2018): a parameter kept in bf16/fp16 for compute gets a float32 master copy
+// here; the update is made on the master and rounded into the parameter, so small updates are not lost to rounding.
 //   m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
 //   p <- p - lr wd p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 using TorchSharp;
@@ -12,6 +14,7 @@ public sealed class AdamW
 {
     readonly List<(string Name, Tensor Param, bool Decay)> _params;
     readonly Dictionary<string, (Tensor M, Tensor V)> _moments = new(StringComparer.Ordinal);
+    readonly Dictionary<string, Tensor> _masters = new(StringComparer.Ordinal);
 
     public double Beta1 { get; }
     public double Beta2 { get; }
@@ -83,10 +86,17 @@ public sealed class AdamW
             }
             mv.M.mul_(Beta1).add_(g, alpha: 1 - Beta1);
             mv.V.mul_(Beta2).addcmul_(g, g, value: 1 - Beta2);
-            if (decay && WeightDecay > 0) p.mul_(1 - lr * WeightDecay);
+            var target = p;
+            if (p.dtype != ScalarType.Float32)
+            {
+                if (!_masters.TryGetValue(name, out var master))
+                    _masters[name] = master = p.detach().to_type(ScalarType.Float32).MoveToOuterDisposeScope();
+                target = master;
+            }
+            if (decay && WeightDecay > 0) target.mul_(1 - lr * WeightDecay);
             var denom = (mv.V / bc2).sqrt_().add_(Eps);
-            var update = (mv.M / denom).mul_(lr / bc1);
-            p.sub_(update.to_type(p.dtype));
+            target.sub_((mv.M / denom).mul_(lr / bc1));
+            if (!ReferenceEquals(target, p)) p.copy_(target);
         }
     }
 
@@ -95,6 +105,7 @@ public sealed class AdamW
     {
         var d = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var (name, (m, v)) in _moments) { d["exp_avg." + name] = m; d["exp_avg_sq." + name] = v; }
+        foreach (var (name, master) in _masters) d["master." + name] = master;
         return d;
     }
 
@@ -107,11 +118,18 @@ public sealed class AdamW
         {
             bool isM = key.StartsWith("exp_avg.", StringComparison.Ordinal);
             bool isV = key.StartsWith("exp_avg_sq.", StringComparison.Ordinal);
-            if (!isM && !isV) throw new InvalidDataException($"optimizer state: unexpected tensor '{key}'");
-            string name = key[(isM ? "exp_avg.".Length : "exp_avg_sq.".Length)..];
+            bool isMaster = key.StartsWith("master.", StringComparison.Ordinal);
+            if (!isM && !isV && !isMaster) throw new InvalidDataException($"optimizer state: unexpected tensor '{key}'");
+            string name = key[(key.IndexOf('.') + 1)..];
             if (!byName.TryGetValue(name, out var p)) throw new InvalidDataException($"optimizer state: '{key}' names no trainable parameter");
             if (!p.shape.SequenceEqual(t.shape)) throw new InvalidDataException($"optimizer state: '{key}' has shape [{string.Join(",", t.shape)}], the parameter [{string.Join(",", p.shape)}]");
             var moved = t.to(ScalarType.Float32, p.device).clone();
+            if (isMaster)
+            {
+                if (p.dtype == ScalarType.Float32) throw new InvalidDataException($"optimizer state: '{key}' is a master copy of a float32 parameter");
+                _masters[name] = moved;
+                continue;
+            }
             _moments.TryGetValue(name, out var mv);
             _moments[name] = isM ? (moved, mv.V ?? torch.zeros_like(moved)) : (mv.M ?? torch.zeros_like(moved), moved);
         }

@@ -247,4 +247,38 @@ public class TrainingTests
         }
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
     }
+
+    [Fact]
+    public void MixedPrecisionKeepsSsmParametersFp32AndUpdatesThroughMasters()
+    {
+        torch.manual_seed(3);
+        var model = new Tiny();
+        MixedPrecision.Apply(model, Precision.Bf16);
+        Assert.Equal(ScalarType.BFloat16, model.mixer.in_proj.weight!.dtype);
+        Assert.Equal(ScalarType.BFloat16, model.embed.weight!.dtype);
+        Assert.Equal(ScalarType.Float32, model.mixer.A_log.dtype);
+        Assert.Equal(ScalarType.Float32, model.mixer.D.dtype);
+        Assert.Equal(ScalarType.Float32, model.mixer.dt_proj.bias!.dtype);
+        Assert.True(Same(model.head.weight!, model.embed.weight!));     // the tie survives the cast
+
+        var opt = new AdamW(model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), weightDecay: 0);
+        var ids = torch.randint(0, 11, new long[] { 4, 9 }, generator: new torch.Generator(6));
+        double Loss() { using var noGrad = torch.no_grad(); return nn.functional.cross_entropy(model.forward(ids[.., ..^1]).to_type(ScalarType.Float32).reshape(-1, 11), ids[.., 1..].reshape(-1)).item<float>(); }
+        double before = Loss();
+        // Updates far below bf16's resolution (2^-8 relative) must accumulate in the masters rather than vanish.
+        var w0 = model.mixer.in_proj.weight!.detach().to_type(ScalarType.Float32).clone();
+        for (int i = 0; i < 30; i++)
+        {
+            opt.ZeroGrad();
+            nn.functional.cross_entropy(model.forward(ids[.., ..^1]).to_type(ScalarType.Float32).reshape(-1, 11), ids[.., 1..].reshape(-1)).backward();
+            opt.Step(i < 20 ? 1e-2 : 1e-6);
+        }
+        Assert.True(Loss() < before, "bf16 training did not reduce the loss");
+        var state = opt.StateDict();
+        Assert.Contains("master.mixer.in_proj.weight", state.Keys);
+        Assert.DoesNotContain("master.mixer.A_log", state.Keys);
+        // The master is the float32 truth; the parameter is its bf16 rounding.
+        TestUtil.Close(model.mixer.in_proj.weight!.to_type(ScalarType.Float32), state["master.mixer.in_proj.weight"], 8e-3);
+        Assert.False(Same(w0, model.mixer.in_proj.weight!.to_type(ScalarType.Float32)));
+    }
 }
