@@ -11,12 +11,13 @@
 //
 // Three implementations, all device- and dtype-generic and tested against each other:
 //   Reference  the sequential loop (selective_scan_ref), kept as the oracle.
-//   Fused      CPU tensors: one pass of a C# kernel (SelectiveScanCpuKernel) over raw memory: Δ's bias and
+//   Fused      CUDA float32 tensors with libssm_cuda.so loaded: the CUDA kernel (SelectiveScanCudaKernel), same contract.
+//              CPU tensors: one pass of a C# kernel (SelectiveScanCpuKernel) over raw memory: Δ's bias and
 //              softplus, the scan, C·h, D skip and z gate; the (b, d, l, n) state is never materialised and
 //              the hand-written backward recomputes it per channel.
 //   Chunked    any device: chunks of length K in tensor ops; inside a chunk h = W β with the stable decay
 //              matrix W[t, s] = exp(S_t - S_s) (s <= t), S the cumulative sum of Δ A; autograd by torch.
-// Auto picks Fused on the CPU and Chunked elsewhere. bench/ measures all three.
+// Auto picks Fused on the CPU and on CUDA when the kernel library is loaded, Chunked elsewhere. bench/ measures them.
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -44,7 +45,9 @@ public static class SelectiveScan
         var Ac = A.to_type(ct);
         var Bg = Grouped(B).to_type(ct);                                        // (b g n l)
         var Cg = Grouped(C).to_type(ct);
-        if (impl == ScanImpl.Auto) impl = u.device_type == DeviceType.CPU ? ScanImpl.Fused : ScanImpl.Chunked;
+        if (impl == ScanImpl.Auto)
+            impl = u.device_type == DeviceType.CPU || (u.device_type == DeviceType.CUDA && ct == ScalarType.Float32 && SelectiveScanCudaKernel.Available)
+                ? ScanImpl.Fused : ScanImpl.Chunked;
 
         Tensor outp, last;
         if (u.shape[2] == 0)
@@ -57,8 +60,9 @@ public static class SelectiveScan
         if (impl == ScanImpl.Fused)
         {
             // One pass: Δ's bias and softplus, the scan, D skip and z gate all inside the kernel.
-            (outp, last) = SelectiveScanCpuKernel.Apply(uc, delta.to_type(ct), Ac, Bg, Cg,
-                D?.to_type(ct), z?.to_type(ct), deltaBias?.to_type(ct), deltaSoftplus);
+            (outp, last) = u.device_type == DeviceType.CUDA
+                ? SelectiveScanCudaKernel.Apply(uc, delta.to_type(ct), Ac, Bg, Cg, D?.to_type(ct), z?.to_type(ct), deltaBias?.to_type(ct), deltaSoftplus)
+                : SelectiveScanCpuKernel.Apply(uc, delta.to_type(ct), Ac, Bg, Cg, D?.to_type(ct), z?.to_type(ct), deltaBias?.to_type(ct), deltaSoftplus);
             outp = outp.to_type(u.dtype);
         }
         else

@@ -47,6 +47,17 @@ public static class MixedPrecision
         Retie(model, aliases);
     }
 
+    /// <summary>Moves a model to a device keeping tied parameters tied (Module.to converts each module on its own,
+    /// which would give lm_head and the embeddings two separate copies).</summary>
+    public static T MoveTo<T>(T model, Device device, ScalarType? dtype = null) where T : nn.Module
+    {
+        var aliases = Aliases(model);
+        if (dtype is ScalarType t) model.to(t);
+        model.to(device);
+        Retie(model, aliases);
+        return model;
+    }
+
     static string Join(string prefix, string name) => prefix.Length == 0 ? name : prefix + "." + name;
 
     /// <summary>alias name -> the name it shares storage with.</summary>

@@ -1,0 +1,70 @@
+// What every ssm-* command shares: user errors become one line on stderr and a non-zero exit (never a stack trace),
+// Ctrl+C asks long work to stop cleanly (the trainer checkpoints), and a few option parsers.
+using System.Globalization;
+
+namespace Ssm.Apps;
+
+public static class Cli
+{
+    /// <summary>Exit codes: 0 ok, 1 a failure in the input or the run, 2 bad usage, 130 interrupted.</summary>
+    public const int Ok = 0, Failed = 1, Usage = 2, Interrupted = 130;
+
+    static readonly CancellationTokenSource Cancel = new();
+    static bool _hooked;
+
+    /// <summary>Cancelled on the first Ctrl+C; a second one kills the process as usual.</summary>
+    public static CancellationToken Interrupt
+    {
+        get
+        {
+            if (!_hooked)
+            {
+                _hooked = true;
+                Console.CancelKeyPress += (_, e) =>
+                {
+                    if (Cancel.IsCancellationRequested) return;
+                    e.Cancel = true;
+                    Console.Error.WriteLine("\ninterrupt: finishing the current step (Ctrl+C again to kill)");
+                    Cancel.Cancel();
+                };
+            }
+            return Cancel.Token;
+        }
+    }
+
+    /// <summary>Runs a command body, turning the exceptions a user can cause into "error: ..." and exit code 1.</summary>
+    public static int Guard(Func<int> body)
+    {
+        try { return body(); }
+        catch (UsageException e) { Console.Error.WriteLine($"error: {e.Message}"); return Usage; }
+        catch (OperationCanceledException) { Console.Error.WriteLine("interrupted"); return Interrupted; }
+        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException
+                                  or NotSupportedException or FormatException or System.Text.Json.JsonException)
+        {
+            Console.Error.WriteLine($"error: {OneLine(e.Message)}");
+            if (Environment.GetEnvironmentVariable("SSM_DEBUG") == "1") Console.Error.WriteLine(e);
+            return Failed;
+        }
+    }
+
+    static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
+
+    /// <summary>"1,2,3" -> ids; a clear usage error otherwise.</summary>
+    public static int[] ParseIds(string text, string option = "--ids")
+    {
+        var parts = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        if (parts.Length == 0) throw new UsageException($"{option}: no ids given");
+        return parts.Select(p => int.TryParse(p, NumberStyles.None, CultureInfo.InvariantCulture, out int v) ? v
+            : throw new UsageException($"{option}: '{p}' is not a non-negative integer")).ToArray();
+    }
+
+    /// <summary>Arguments that look like options but matched none are typos, not file names.</summary>
+    public static void RejectOptionLike(IEnumerable<string> args)
+    {
+        foreach (var a in args)
+            if (a.StartsWith('-') && a != "-") throw new UsageException($"unknown option '{a}' (see --help)");
+    }
+}
+
+/// <summary>A mistake in how the command was called (exit code 2).</summary>
+public sealed class UsageException(string message) : Exception(message);

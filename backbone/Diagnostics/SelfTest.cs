@@ -1,0 +1,179 @@
+// The device self-test behind every CLI's `doctor`: each backbone op runs on the device under test (float32) and on
+// the CPU in float64 from the same random inputs; outputs and input gradients must agree to a relative error that
+// float32 arithmetic explains. Struct layouts of TorchSharp's native shim are not proven identical across libtorch
+// versions (a CUDA machine often brings its own PyTorch), so this is the first thing to run on a new machine.
+using System.Diagnostics;
+using TorchSharp;
+using Ssm.Backbone.Layers;
+using Ssm.Backbone.Models;
+using Ssm.Backbone.Scans;
+using Ssm.Backbone.Training;
+using static TorchSharp.torch;
+
+namespace Ssm.Backbone.Diagnostics;
+
+public sealed record SelfTestResult(string Op, bool Passed, double RelErr, double Tolerance, double Milliseconds, string? Error);
+
+public static class SelfTest
+{
+    /// <summary>What the environment has: backend, libtorch location, CUDA devices, fused kernels.</summary>
+    public static IReadOnlyList<(string Key, string Value)> Environment()
+    {
+        bool cuda = torch.cuda.is_available();                 // also loads libtorch, so the maps file shows it
+        var rows = new List<(string, string)>
+        {
+            ("TorchSharp", typeof(torch).Assembly.GetName().Version?.ToString() ?? "?"),
+            ("libtorch", LibTorchPath() ?? "not found in /proc/self/maps"),
+            ("CUDA available", cuda ? $"yes, {torch.cuda.device_count()} device(s)" : "no"),
+            ("fused CUDA scan", SelectiveScanCudaKernel.Status),
+            ("CPU threads", torch.get_num_threads().ToString(System.Globalization.CultureInfo.InvariantCulture)),
+        };
+        return rows;
+    }
+
+    /// <summary>The libtorch actually loaded (torch.__version__ is a constant in TorchSharp; the maps file is not).</summary>
+    public static string? LibTorchPath()
+    {
+        try
+        {
+            return File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                .Where(f => f.Length >= 6 && f[5].EndsWith("/libtorch_cpu.so", StringComparison.Ordinal)).Select(f => f[5]).FirstOrDefault();
+        }
+        catch (IOException) { return null; }
+    }
+
+    /// <summary>Runs every op check on <paramref name="device"/> against float64 on the CPU.</summary>
+    public static IReadOnlyList<SelfTestResult> Run(Device device, long seed = 0)
+    {
+        var results = new List<SelfTestResult>();
+        void Check(string op, double tol, Func<Generator, (Tensor[] Inputs, Func<Tensor[], Tensor[]> F)> make)
+        {
+            var clock = Stopwatch.StartNew();
+            try
+            {
+                using var scope = torch.NewDisposeScope();
+                var gen = new Generator((ulong)(seed + results.Count + 1));
+                var (inputs, f) = make(gen);
+                double err = Compare(inputs, f, device);
+                results.Add(new SelfTestResult(op, err <= tol, err, tol, clock.Elapsed.TotalMilliseconds, null));
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                results.Add(new SelfTestResult(op, false, double.NaN, tol, clock.Elapsed.TotalMilliseconds, e.Message.Split('\n')[0]));
+            }
+        }
+        Tensor R(Generator g, params long[] shape) => torch.randn(shape, ScalarType.Float64, generator: g);
+
+        foreach (var impl in new[] { ScanImpl.Auto, ScanImpl.Chunked })
+        {
+            Check($"selective scan ({impl}, fwd+bwd)", 1e-4, g =>
+            {
+                long b = 2, d = 8, l = 70, n = 16;
+                var inputs = new[] { R(g, b, d, l), R(g, b, d, l) * 0.5, -torch.rand(d, n, ScalarType.Float64, generator: g) - 0.1,
+                    R(g, b, 2, n, l), R(g, b, 2, n, l), R(g, d), R(g, b, d, l), R(g, d) * 0.5 };
+                return (inputs, x => new[] { SelectiveScan.Forward(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], deltaSoftplus: true,
+                    impl: x[0].device_type == DeviceType.CPU ? ScanImpl.Reference : impl).y });
+            });
+        }
+        Check("SSD chunk scan (fwd+bwd)", 1e-4, g =>
+        {
+            long b = 2, l = 50, h = 4, p = 8, n = 16;
+            var inputs = new[] { R(g, b, l, h, p), R(g, b, l, h) * 0.5, -torch.rand(h, ScalarType.Float64, generator: g) - 0.5,
+                R(g, b, l, 2, n), R(g, b, l, 2, n), R(g, h) };
+            return (inputs, x => new[] { Ssd.ChunkScan(x[0], x[1], x[2], x[3], x[4], 16, x[5], dtSoftplus: true).y });
+        });
+        Check("S4D kernel + FFT conv (fwd+bwd)", 1e-4, g =>
+        {
+            var (logA, imA) = S4DKernel.InitLin(4, 8, ScalarType.Float64);
+            var inputs = new[] { R(g, 2, 4, 64), logA, imA, R(g, logA.shape), R(g, logA.shape), torch.log(torch.full(4, 0.01, ScalarType.Float64)) };
+            return (inputs, x =>
+            {
+                var C = torch.complex(x[3], x[4]);
+                return new[] { S4DKernel.FftConv(x[0], S4DKernel.Kernel(x[5], x[1], x[2], C, 64)) };
+            });
+        });
+        Check("causal depthwise conv1d + SiLU (fwd+bwd)", 1e-5, g =>
+        {
+            var inputs = new[] { R(g, 2, 6, 33), R(g, 6, 1, 4), R(g, 6) };
+            return (inputs, x => new[] { nn.functional.silu(nn.functional.conv1d(x[0], x[1], x[2], padding: 3, groups: 6)[.., .., ..33]) });
+        });
+        Check("RMSNorm (fwd+bwd)", 1e-5, g =>
+        {
+            var inputs = new[] { R(g, 3, 5, 32), R(g, 32) };
+            return (inputs, x => new[] { x[0] * torch.rsqrt(x[0].square().mean(new long[] { -1 }, keepdim: true) + 1e-5) * x[1] });
+        });
+        Check("Mamba block (fwd+bwd, all parameters)", 2e-4, g => BlockCheck(g));
+        Check("training step (AdamW, MambaLM)", 2e-4, g => TrainStepCheck(g));
+        return results;
+    }
+
+    // A Mamba mixer with the same random weights on both sides: its output, and the gradients of a fixed projection of
+    // it with respect to the activation and to every parameter.
+    static (Tensor[], Func<Tensor[], Tensor[]>) BlockCheck(Generator g)
+    {
+        var x0 = torch.randn(new long[] { 2, 21, 16 }, ScalarType.Float64, generator: g);
+        var w = torch.randn(new long[] { 2, 21, 16 }, ScalarType.Float64, generator: g);
+        return (new[] { x0 }, x =>
+        {
+            torch.manual_seed(7);
+            var block = new Mamba(new MambaConfig(16, DState: 8));
+            block.to(x[0].dtype).to(x[0].device);
+            var y = block.forward(x[0]);
+            var wrt = new List<Tensor> { x[0] };
+            wrt.AddRange(block.parameters());
+            var grads = torch.autograd.grad(new[] { (y * w.to(y.dtype, y.device)).sum() }, wrt, allow_unused: true);
+            return new[] { y.detach() }.Concat(grads.Select(t => t ?? torch.zeros(1, x[0].dtype, x[0].device))).ToArray();
+        });
+    }
+
+    static (Tensor[], Func<Tensor[], Tensor[]>) TrainStepCheck(Generator g)
+    {
+        var ids = torch.randint(0, 32, new long[] { 2, 17 }, generator: g);
+        return (new[] { ids.to_type(ScalarType.Float64) }, x =>
+        {
+            torch.manual_seed(11);
+            var lm = new MambaLM(new MambaLMConfig(32, 16, 2, Mamba: new MambaConfig(16, DState: 8)));
+            MixedPrecision.MoveTo(lm, x[0].device, x[0].dtype);
+            var opt = new AdamW(lm.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), weightDecay: 0.1);
+            var tokens = x[0].detach().to_type(ScalarType.Int64);
+            for (int i = 0; i < 2; i++)
+            {
+                opt.ZeroGrad();
+                var logits = lm.forward(tokens[.., ..^1]);
+                nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]), tokens[.., 1..].reshape(-1)).backward();
+                opt.Step(1e-2);
+            }
+            return lm.parameters().Select(p => p.detach().clone()).ToArray();
+        });
+    }
+
+    /// <summary>max over outputs and input gradients of max|dev - ref| / max|ref|; ref = float64 on the CPU.</summary>
+    static double Compare(Tensor[] inputs, Func<Tensor[], Tensor[]> f, Device device)
+    {
+        var refIn = inputs.Select(t => t.detach().clone().requires_grad_(t.is_floating_point())).ToArray();
+        var devIn = inputs.Select(t => t.detach().to(t.is_floating_point() ? ScalarType.Float32 : t.dtype, device).requires_grad_(t.is_floating_point())).ToArray();
+        var refOut = f(refIn);
+        var devOut = f(devIn);
+        double err = 0;
+        for (int i = 0; i < refOut.Length; i++) err = Math.Max(err, Rel(devOut[i], refOut[i]));
+        // Gradients of a fixed random projection of the first output with respect to every floating input.
+        var w = torch.randn(refOut[0].shape, ScalarType.Float64, generator: new Generator(99));
+        if (refOut[0].requires_grad && devOut[0].requires_grad)
+        {
+            var gRef = torch.autograd.grad(new[] { (refOut[0] * w).sum() }, refIn.Where(t => t.requires_grad).ToList(), allow_unused: true);
+            var gDev = torch.autograd.grad(new[] { (devOut[0] * w.to(devOut[0].dtype, device)).sum() }, devIn.Where(t => t.requires_grad).ToList(), allow_unused: true);
+            for (int i = 0; i < gRef.Count; i++)
+                if (gRef[i] is not null && gDev[i] is not null && gRef[i].abs().max().item<double>() > 0) err = Math.Max(err, Rel(gDev[i], gRef[i]));
+        }
+        return err;
+    }
+
+    static double Rel(Tensor a, Tensor b)
+    {
+        var a64 = a.detach().to(ScalarType.Float64, torch.CPU);
+        var b64 = b.detach().to(ScalarType.Float64, torch.CPU);
+        if (!a64.shape.SequenceEqual(b64.shape)) return double.PositiveInfinity;
+        double den = Math.Max(b64.abs().max().item<double>(), 1e-30);
+        return (a64 - b64).abs().max().item<double>() / den;
+    }
+}
