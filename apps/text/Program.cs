@@ -31,6 +31,7 @@ static class Program
         root.Subcommands.Add(EvalCommand());
         root.Subcommands.Add(LogitsCommand());
         root.Subcommands.Add(InfoCommand());
+        root.Subcommands.Add(BaselinesCommand());
         root.Subcommands.Add(Doctor.Create());
         return root.Parse(args).Invoke();
     }
@@ -179,7 +180,7 @@ static class Program
         var longPrompts = prompts.Select(p => (IReadOnlyList<long>)p.Select(i => (long)i).ToArray()).ToList();
         var results = generator.GenerateBatch(longPrompts, options,
             onToken: stream ? (_, id) => { stdout.Write(decoder!.Push(id)); stdout.Flush(); } : null, decode: decode);
-        if (stream) { stdout.Write(decoder!.Flush()); stdout.WriteLine(); }
+        if (stream) { stdout.Write(decoder!.Flush()); stdout.WriteLine(); stdout.Flush(); }
         if (json)
         {
             var arr = new JsonArray();
@@ -340,6 +341,32 @@ static class Program
             var (bits, count) = MambaByte.Score(tm.Model, bytes, w, progress: bar);
             var row = new JsonObject { ["split"] = s, ["bytes"] = count, ["bits_per_byte"] = bits / count, ["window"] = w, ["model"] = tm.Dir };
             Console.WriteLine(pr.GetValue(json) ? row.ToJsonString(Pretty) : string.Create(CultureInfo.InvariantCulture, $"{s}: {bits / count:0.0000} bits/byte over {count} bytes (window {w})"));
+            return Cli.Ok;
+        }));
+        return cmd;
+    }
+
+    // ---- baselines
+    static Command BaselinesCommand()
+    {
+        var data = new Option<string>("--data") { Description = "prepared corpus folder (data/text-corpus.sh)", DefaultValueFactory = _ => "data/cache/text" };
+        var order = new Option<int>("--max-order") { Description = "longest n-gram context (1-7)", DefaultValueFactory = _ => 7 };
+        var json = JsonOption();
+        var cmd = new Command("baselines", "Reference numbers for the model card on the same split: unigram entropy, gzip/Brotli, and a Kneser-Ney byte n-gram (context chosen on valid).") { data, order, json };
+        cmd.SetAction(pr => Cli.Guard(() =>
+        {
+            int k = pr.GetValue(order);
+            if (k < 1 || k > 7) throw new UsageException("--max-order must be 1..7");
+            var corpus = ByteCorpus.Load(pr.GetValue(data)!);
+            var r = ByteBaselines.Measure(corpus, k, m => Console.Error.WriteLine(m));
+            if (pr.GetValue(json)) { Console.WriteLine(JsonSerializer.Serialize(r, Pretty)); return Cli.Ok; }
+            Console.WriteLine(FormattableString.Invariant($"test bytes {r.TestBytes:N0} (train {r.TrainBytes:N0}, valid {r.ValidBytes:N0})"));
+            Console.WriteLine(FormattableString.Invariant($"unigram entropy of test          {r.UnigramEntropyTest:0.000} bits/byte"));
+            Console.WriteLine(FormattableString.Invariant($"gzip (test file alone)           {r.GzipTest:0.000} bits/byte"));
+            Console.WriteLine(FormattableString.Invariant($"Brotli q11 (test file alone)     {r.BrotliTest:0.000} bits/byte"));
+            for (int i = 0; i < r.NGramValid.Length; i++)
+                Console.WriteLine(FormattableString.Invariant($"n-gram k={i}: valid {r.NGramValid[i]:0.0000}, test {r.NGramTest[i]:0.0000}") + (i == r.BestOrder ? "  <- best on valid" : ""));
+            Console.WriteLine(FormattableString.Invariant($"n-gram (k={r.BestOrder}) test          {r.NGramBestTest:0.000} bits/byte"));
             return Cli.Ok;
         }));
         return cmd;

@@ -31,8 +31,21 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
 
     static float* P(Tensor t) => t.numel() == 0 ? null : (float*)Ssm.Backbone.Native.TensorPointer.Of(t);
 
+    // Why the bookkeeping below: on CUDA, autograd runs backward on its own device thread, where no dispose scope of
+    // the caller is active, and TorchSharp's custom-function node keeps its own references to the gradients we return.
+    // Our wrappers of those gradients would then hold device memory until the .NET GC finalises them (about 1 GB per
+    // training step of a small LM: the OOM this code once hit). So backward frees its temporaries in a scope, and the
+    // wrappers it must return are disposed at the next call, when the node has long taken its own references.
+    static readonly System.Collections.Concurrent.ConcurrentQueue<Tensor> Returned = new();
+
+    static void ReleaseReturned()
+    {
+        while (Returned.TryDequeue(out var t)) t.Dispose();
+    }
+
     public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
     {
+        ReleaseReturned();
         using var noGrad = torch.no_grad();
         var u = ((Tensor)vars[0]).contiguous();
         var delta = ((Tensor)vars[1]).contiguous();
@@ -55,7 +68,9 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
     {
+        ReleaseReturned();
         using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
         var s = ctx.get_saved_variables();
         Tensor u = s[0], delta = s[1], A = s[2], Bt = s[3], Ct = s[4], D = s[5], z = s[6], bias = s[7];
         bool softplus = (bool)ctx.get_data("softplus");
@@ -74,11 +89,14 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
         Check(Lib.Value.Bwd(P(u), P(delta), P(A), P(Bt), P(Ct), P(D), P(z), P(bias), softplus ? 1 : 0, P(gy), P(gLast),
             P(gu), P(gdelta), P(gA), P(gBt), P(gCt), P(gD), P(gz), P(gbias), P(scratch), b, d, l, n, g));
         Tensor? Present(Tensor grad, Tensor input) => input.numel() == 0 ? null : grad;
-        return new List<Tensor>
+        var result = new List<Tensor>
         {
             gu, gdelta, gA, gBt.transpose(2, 3), gCt.transpose(2, 3),
             Present(gD, D)!, Present(gz, z)!, Present(gbias, bias)!, null!,
         };
+        foreach (var t in result)
+            if (t is not null) { t.MoveToOuterDisposeScope(); Returned.Enqueue(t); }
+        return result;
     }
 
     static void Check(int code)

@@ -77,12 +77,15 @@ public sealed class Trainer
 
     public AdamW Optimizer { get; }
 
+    readonly bool _onCuda;
+
     /// <param name="config">The model's config.json content (written with every checkpoint; a resume checks it matches).</param>
     public Trainer(nn.Module model, TrainOptions options, TrainStep step, Func<JsonNode> config)
     {
         _model = model; _o = options; _step = step; _config = config;
         if (options.Steps <= 0) throw new ArgumentOutOfRangeException(nameof(options), "Steps must be positive");
         if (options.Accumulation <= 0) throw new ArgumentOutOfRangeException(nameof(options), "Accumulation must be positive");
+        _onCuda = model.parameters().Any(p => p.device_type == DeviceType.CUDA);
         Optimizer = new AdamW(model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), options.WeightDecay,
             options.Beta1, options.Beta2, options.Eps);
     }
@@ -140,6 +143,10 @@ public sealed class Trainer
                 throw new InvalidOperationException($"loss is {lastLoss} at step {s}; lower the learning rate or check the data");
             double gradNorm = Optimizer.ClipGradNorm(_o.GradClip);
             Optimizer.Step(lr);
+            // On CUDA, autograd runs custom functions' backward on a device thread outside any dispose scope; the
+            // tensor wrappers TorchSharp creates there are freed only by the GC finaliser, which the GC does not run
+            // for device memory it cannot see. Collect regularly so device memory stays flat.
+            if (_onCuda && s % 4 == 3) { GC.Collect(); GC.WaitForPendingFinalizers(); }
             AfterStep?.Invoke(s + 1);
             ema = double.IsNaN(ema) ? lastLoss : 0.98 * ema + 0.02 * lastLoss;
             long done = s + 1;
