@@ -6,8 +6,13 @@
 //   in_proj(x) -> [z (d_inner) | xBC (conv_dim) | dt (h)]          one projection: the "parallel" block
 //   xBC -> causal depthwise conv -> silu -> [x (h p) | B (g n) | C (g n)]
 //   y = SSD(x, dt, A = -exp(A_log), B, C, D, dtBias, softplus)       (b l h p)
-//   y = GatedRMSNorm(y, z)  (norm_before_gate = False, per group of d_inner / g channels)
+//   y = GatedRMSNorm(y, z)  (gate then norm unless NormBeforeGate; per group of d_inner / g channels, or over all of
+//                            d_inner when NormPerGroup is false, as transformers does)
 //   out_proj(y) -> (b l d_model)
+// The step size is dt = clamp(softplus(dt + dt_bias), dt_limit) in the full-sequence forward. Both references skip the
+// clamp in their one-token step (mamba_ssm Mamba2.step and transformers' cached decode call selective_state_update
+// without dt_limit), so with a finite dt_limit their decoding differs slightly from their own forward; Step follows
+// them unless DtLimitInStep is set.
 using TorchSharp;
 using TorchSharp.Modules;
 using Ssm.Backbone.Scans;
@@ -32,9 +37,11 @@ public sealed record Mamba2Config(
     double DtLimitMin = 0.0,
     double DtLimitMax = double.PositiveInfinity,
     double NormEps = 1e-5,
-    bool NormPerGroup = true,     // mamba_ssm (and HF's CUDA path) normalise per group; HF's torch path over all d_inner
+    bool NormPerGroup = true,     // mamba_ssm (and the fused kernel transformers trains with) normalise per group; transformers' inference over all d_inner
     bool ConvBias = true,
-    bool Bias = false)
+    bool Bias = false,
+    bool NormBeforeGate = false,  // mamba_ssm option: y = norm(y) * silu(z) instead of norm(y * silu(z))
+    bool DtLimitInStep = false)   // false: Step ignores DtLimitMin/Max, as mamba_ssm and transformers do (see above)
 {
     public long DInner => Expand * DModel;
     public long NHeads => DInner / HeadDim;
@@ -65,7 +72,7 @@ public sealed class Mamba2 : nn.Module<Tensor, Tensor>, IPrefillLayer
         // A uniform in [A_init_min, A_init_max], stored as log so A = -exp(A_log) stays negative; D = 1.
         A_log = new Parameter(torch.log(torch.empty(h).uniform_(config.AInitMin, config.AInitMax)));
         D = new Parameter(torch.ones(h));
-        norm = new GatedRMSNorm(dIn, config.NormPerGroup ? dIn / config.NGroups : dIn, config.NormEps);
+        norm = new GatedRMSNorm(dIn, config.NormPerGroup ? dIn / config.NGroups : dIn, config.NormEps, config.NormBeforeGate);
         out_proj = nn.Linear(dIn, config.DModel, hasBias: config.Bias);
         RegisterComponents();
     }
@@ -105,7 +112,8 @@ public sealed class Mamba2 : nn.Module<Tensor, Tensor>, IPrefillLayer
             torch.zeros(new[] { batch, c.NHeads, c.HeadDim, c.DState }, ScalarType.Float32, dev));
     }
 
-    /// <summary>One token (mamba2.py step): x (b, d_model) -> (b, d_model); updates state in place.</summary>
+    /// <summary>One token (mamba2.py step): x (b, d_model) -> (b, d_model); updates state in place. The dt limit applies
+    /// only when <see cref="Mamba2Config.DtLimitInStep"/> is set (the references' step does not clamp).</summary>
     public Tensor Step(Tensor x, LayerState state)
     {
         using var scope = torch.NewDisposeScope();
@@ -117,7 +125,7 @@ public sealed class Mamba2 : nn.Module<Tensor, Tensor>, IPrefillLayer
         var A = -torch.exp(A_log.to_type(ScalarType.Float32));
         var y = Ssd.Step(xs[0].reshape(b, h, p), parts[2], A, xs[1].reshape(b, g, n), xs[2].reshape(b, g, n), state.Ssm,
             D: D.to_type(ScalarType.Float32), dtBias: dt_bias.to_type(ScalarType.Float32), dtSoftplus: true,
-            dtMin: c.DtLimitMin, dtMax: c.DtLimitMax);
+            dtMin: c.DtLimitInStep ? c.DtLimitMin : 0.0, dtMax: c.DtLimitInStep ? c.DtLimitMax : double.PositiveInfinity);
         var yn = norm.forward(y.reshape(b, c.DInner), parts[0]);
         return out_proj.forward(yn).MoveToOuterDisposeScope();
     }
