@@ -36,11 +36,13 @@ public sealed class AdamW
         WeightDecay = weightDecay; Beta1 = beta1; Beta2 = beta2; Eps = eps;
     }
 
-    /// <summary>The usual rule (GPT-2, mamba_ssm): decay matrices only; never biases, norm weights, A_log or D.</summary>
+    /// <summary>The usual rule (GPT-2, mamba_ssm): decay matrices only; never biases, norm weights, embeddings, or the
+    /// SSM's A and D under any of their names (A_log, Vim's A_b_log / D_b, VMamba's stacked A_logs / Ds).</summary>
     public static bool DefaultDecay(string name, Tensor p)
     {
         string last = name[(name.LastIndexOf('.') + 1)..];
-        return p.dim() >= 2 && last != "A_log" && last != "D" && !name.Contains("embed", StringComparison.Ordinal)
+        return p.dim() >= 2 && last is not ("A_log" or "A_b_log" or "A_logs" or "D" or "D_b" or "Ds")
+            && !name.Contains("embed", StringComparison.Ordinal)
             && !name.Contains("pos_", StringComparison.Ordinal) && !name.Contains("cls_token", StringComparison.Ordinal);
     }
 
@@ -81,7 +83,8 @@ public sealed class AdamW
             if (!_moments.TryGetValue(name, out var mv))
             {
                 mv = (torch.zeros_like(p, dtype: ScalarType.Float32), torch.zeros_like(p, dtype: ScalarType.Float32));
-                mv.M.MoveToOuterDisposeScope(); mv.V.MoveToOuterDisposeScope();
+                // Owned by the optimizer for its whole life: out of every dispose scope, the caller's included.
+                mv.M.DetachFromDisposeScope(); mv.V.DetachFromDisposeScope();
                 _moments[name] = mv;
             }
             mv.M.mul_(Beta1).add_(g, alpha: 1 - Beta1);
@@ -90,7 +93,7 @@ public sealed class AdamW
             if (p.dtype != ScalarType.Float32)
             {
                 if (!_masters.TryGetValue(name, out var master))
-                    _masters[name] = master = p.detach().to_type(ScalarType.Float32).MoveToOuterDisposeScope();
+                    _masters[name] = master = p.detach().to_type(ScalarType.Float32).DetachFromDisposeScope();
                 target = master;
             }
             if (decay && WeightDecay > 0) target.mul_(1 - lr * WeightDecay);
@@ -123,7 +126,7 @@ public sealed class AdamW
             string name = key[(key.IndexOf('.') + 1)..];
             if (!byName.TryGetValue(name, out var p)) throw new InvalidDataException($"optimizer state: '{key}' names no trainable parameter");
             if (!p.shape.SequenceEqual(t.shape)) throw new InvalidDataException($"optimizer state: '{key}' has shape [{string.Join(",", t.shape)}], the parameter [{string.Join(",", p.shape)}]");
-            var moved = t.to(ScalarType.Float32, p.device).clone();
+            var moved = t.to(ScalarType.Float32, p.device).clone().DetachFromDisposeScope();
             if (isMaster)
             {
                 if (p.dtype == ScalarType.Float32) throw new InvalidDataException($"optimizer state: '{key}' is a master copy of a float32 parameter");

@@ -12,6 +12,12 @@ using AdamW = Ssm.Backbone.Training.AdamW;
 
 namespace Backbone.Tests;
 
+/// <summary>Runs alone: the trainer re-seeds torch's global generator every step (for exact resume), which would
+/// otherwise interleave with other test classes' random draws and make both non-deterministic.</summary>
+[CollectionDefinition(nameof(GlobalRng), DisableParallelization = true)]
+public sealed class GlobalRng;
+
+[Collection(nameof(GlobalRng))]
 public class TrainingTests
 {
     /// <summary>Bit-identical: same shape and every element equal.</summary>
