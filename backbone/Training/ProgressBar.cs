@@ -18,7 +18,8 @@ public sealed class ProgressBar : IDisposable
     readonly TextWriter _out;
     readonly long _start;
     TimeSpan _lastDraw = TimeSpan.FromDays(-1);
-    long _done;
+    long _done, _drawnDone = -1;
+    string _drawnStatus = "";
     string _status = "";
     bool _finished;
 
@@ -50,7 +51,9 @@ public sealed class ProgressBar : IDisposable
     void Draw(TimeSpan now, bool final)
     {
         if (!Enabled) return;
-        _lastDraw = now;
+        // A plain log gets no second copy of a line it already has (the final state is usually drawn by Report).
+        if (final && !_interactive && _done == _drawnDone && _status == _drawnStatus) return;
+        _lastDraw = now; _drawnDone = _done; _drawnStatus = _status;
         double secs = Math.Max(now.TotalSeconds, 1e-9);
         double rate = (_done - _start) / secs;
         var sb = new System.Text.StringBuilder();

@@ -245,7 +245,10 @@ public sealed class Trainer
         long step = state["global_step"]!.GetValue<long>();
         long seed = state["seed"]!.GetValue<long>();
         if (seed != _o.Seed) throw new InvalidDataException($"{dir}: the checkpoint was made with seed {seed}, this run has seed {_o.Seed}; resume with the same seed");
-        if (step > _o.Steps) throw new InvalidDataException($"{dir}: the checkpoint is at step {step}, beyond this run's {_o.Steps} steps");
+        long maxSteps = state["max_steps"]!.GetValue<long>();
+        if (maxSteps != _o.Steps)
+            throw new InvalidDataException($"{dir}: the checkpoint belongs to a run of {maxSteps} steps, this one has {_o.Steps}; " +
+                "resume with the same length (the learning-rate schedule depends on it) or start a new output folder");
         ModelFolder.LoadWeights(dir, _model);
         var opt = SafeTensors.Load(Path.Combine(dir, "optimizer.safetensors"));
         try { Optimizer.LoadStateDict(opt, state["optimizer_steps"]!.GetValue<long>()); }

@@ -12,12 +12,6 @@ using AdamW = Ssm.Backbone.Training.AdamW;
 
 namespace Backbone.Tests;
 
-/// <summary>Runs alone: the trainer re-seeds torch's global generator every step (for exact resume), which would
-/// otherwise interleave with other test classes' random draws and make both non-deterministic.</summary>
-[CollectionDefinition(nameof(GlobalRng), DisableParallelization = true)]
-public sealed class GlobalRng;
-
-[Collection(nameof(GlobalRng))]
 public class TrainingTests
 {
     /// <summary>Bit-identical: same shape and every element equal.</summary>
@@ -218,6 +212,12 @@ public class TrainingTests
                 () => new JsonObject { ["model_type"] = "other" });
             var e = Assert.Throws<InvalidDataException>(() => t.Run());
             Assert.Contains("different model config", e.Message);
+            // Same config but another length: the schedule would change under the resumed run.
+            var t2 = new Trainer(model, new TrainOptions { Steps = 5, OutputDir = dir, Resume = true, Seed = 77 },
+                (_, _, _) => (model.forward(torch.zeros(1, 2, dtype: ScalarType.Int64)).sum(), 1),
+                () => new JsonObject { ["model_type"] = "tiny" });
+            var e2 = Assert.Throws<InvalidDataException>(() => t2.Run());
+            Assert.Contains("run of 3 steps", e2.Message);
         }
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
     }

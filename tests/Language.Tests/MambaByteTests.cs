@@ -8,12 +8,6 @@ using static TorchSharp.torch;
 
 namespace Ssm.Language.Tests;
 
-/// <summary>Runs alone: the trainer re-seeds torch's global generator every step (for exact resume), which would
-/// otherwise interleave with other test classes' random draws and make both non-deterministic.</summary>
-[CollectionDefinition(nameof(GlobalRng), DisableParallelization = true)]
-public sealed class GlobalRng;
-
-[Collection(nameof(GlobalRng))]
 public class MambaByteTests
 {
     const string Text = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. " +
