@@ -16,11 +16,11 @@ using static TorchSharp.torch;
 
 namespace Ssm.Apps.Text;
 
-static class Program
+public static class Program
 {
     static readonly JsonSerializerOptions Pretty = new() { WriteIndented = true };
 
-    static int Main(string[] args)
+    public static int Main(string[] args)
     {
         Console.OutputEncoding = new UTF8Encoding(false);
         var root = new RootCommand("Mamba language models: generate text, score files, train and evaluate MambaByte, inspect checkpoints.\n" +

@@ -1,0 +1,128 @@
+// ssm-text in-process: machine output checked against the library computed independently, and every documented bad
+// input gives a one-line error and a non-zero exit.
+using System.Text;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using Ssm.Backbone.IO;
+using Ssm.Backbone.Models;
+using Ssm.Language;
+using static TorchSharp.torch;
+
+namespace Ssm.Language.Tests;
+
+public sealed class TextCliTests : IDisposable
+{
+    readonly string _dir = Path.Combine(Path.GetTempPath(), "ssm-text-cli-" + Guid.NewGuid().ToString("N"));
+    readonly string _model;
+
+    public TextCliTests()
+    {
+        Directory.CreateDirectory(_dir);
+        _model = Path.Combine(_dir, "model");
+        torch.manual_seed(21);
+        using var lm = new MambaLM(MambaByte.Config(32, 2));
+        TextModel.SaveByteModel(_model, lm, 64);
+    }
+
+    public void Dispose() { try { Directory.Delete(_dir, true); } catch (IOException) { } }
+
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var (oldOut, oldErr) = (Console.Out, Console.Error);
+        var o = new StringWriter(); var e = new StringWriter();
+        Console.SetOut(o); Console.SetError(e);
+        try { return (Ssm.Apps.Text.Program.Main(args), o.ToString(), e.ToString()); }
+        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
+    }
+
+    [Fact]
+    public void GreedyIdsAsJsonEqualTheArgmaxOfFullForwardPasses()
+    {
+        var (code, stdout, stderr) = Run("generate", "--model", _model, "--ids", "72,101,108", "--greedy", "--max-new-tokens", "6", "--json", "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        var json = JsonNode.Parse(stdout)!;
+        var ids = json["ids"]!.AsArray().Select(n => n!.GetValue<long>()).ToArray();
+        Assert.Equal(6, ids.Length);
+        // Independent: recompute the whole sequence for every token and take the argmax.
+        using var tm = TextModel.Load(_model, torch.CPU);
+        var seq = new List<long> { 72, 101, 108 };
+        using (torch.no_grad())
+            for (int i = 0; i < 6; i++)
+            {
+                using var logits = tm.Model.forward(torch.tensor(seq.ToArray(), new long[] { 1, seq.Count }));
+                seq.Add(logits[0, -1, ..256].argmax().item<long>());
+            }
+        Assert.Equal(seq.Skip(3), ids);
+        Assert.Equal("length", json["finish_reason"]!.GetValue<string>());
+    }
+
+    [Fact]
+    public void LogitsAreWrittenAsNpyEqualToTheModelsForward()
+    {
+        string npy = Path.Combine(_dir, "logits.npy");
+        var (code, _, stderr) = Run("logits", "--model", _model, "--ids", "1,2,3,250", "--out", npy, "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        using var saved = Npy.Load(npy);
+        Assert.Equal(new long[] { 4, 256 }, saved.shape);
+        using var tm = TextModel.Load(_model, torch.CPU);
+        using var noGrad = torch.no_grad();
+        using var expected = tm.Model.forward(torch.tensor(new long[] { 1, 2, 3, 250 }, new long[] { 1, 4 }))[0];
+        Assert.True(saved.allclose(expected, rtol: 0, atol: 0), "the .npy must hold exactly the forward's float32 logits");
+    }
+
+    [Fact]
+    public void ScoreReportsBitsPerByteOfTheFile()
+    {
+        string text = Path.Combine(_dir, "t.txt");
+        File.WriteAllText(text, "Call me Ishmael. Some years ago - never mind how long precisely - having little money in my purse.");
+        var (code, stdout, stderr) = Run("score", text, "--model", _model, "--json", "--window", "16", "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        var row = JsonNode.Parse(stdout)!.AsArray()[0]!;
+        using var tm = TextModel.Load(_model, torch.CPU);
+        var ids = Encoding.UTF8.GetBytes(File.ReadAllText(text)).Select(b => (int)b).ToArray();
+        var (bits, count) = TextScoring.Score(tm.Model, ids, 16);
+        Assert.Equal(bits / count, row["bits_per_token"]!.GetValue<double>(), 9);
+        Assert.Equal(bits / (ids.Length - 1), row["bits_per_byte"]!.GetValue<double>(), 9);
+    }
+
+    [Fact]
+    public void BadInputsGiveOneLineErrorsAndNonZeroExits()
+    {
+        string bad = Path.Combine(_dir, "latin1.txt");
+        File.WriteAllBytes(bad, [0x63, 0x61, 0x66, 0xE9, 0x0A]);          // "café" in Latin-1: not UTF-8
+        string empty = Path.Combine(_dir, "empty.txt");
+        File.WriteAllText(empty, "");
+        string gpt2 = Path.Combine(_dir, "gpt2");
+        Directory.CreateDirectory(gpt2);
+        File.WriteAllText(Path.Combine(gpt2, "config.json"), "{\"model_type\": \"gpt2\", \"n_layer\": 2}");
+
+        var cases = new (string[] Args, int Code, string Says)[]
+        {
+            (["generate", "--model", _model, "--prompt-file", bad, "--device", "cpu"], 1, "not valid UTF-8"),
+            (["generate", "--model", _model, "--prompt-file", empty, "--device", "cpu"], 1, "empty"),
+            (["generate", "--model", Path.Combine(_dir, "nope"), "hi", "--device", "cpu"], 1, "no such model folder"),
+            (["generate", "--model", gpt2, "hi", "--device", "cpu"], 1, "gpt2"),
+            (["generate", "--model", _model, "--ids", "1,x", "--device", "cpu"], 2, "'x'"),
+            (["generate", "--model", _model, "--ids", "1,999", "--device", "cpu"], 2, "outside the vocabulary"),
+            (["score", Path.Combine(_dir, "missing.txt"), "--model", _model, "--device", "cpu"], 1, "no such file"),
+            (["score", "--windw", "3", "--model", _model], 2, ""),
+            (["generate", "--model", _model, "hi", "--device", "tpu"], 1, "--device tpu"),
+        };
+        foreach (var (args, expected, says) in cases)
+        {
+            var (code, _, stderr) = Run(args);
+            Assert.True(code == expected, $"{string.Join(' ', args)}: exit {code}, expected {expected}; stderr: {stderr}");
+            if (says.Length > 0) Assert.Contains(says, stderr);
+            Assert.DoesNotContain("   at ", stderr);                     // never a stack trace
+        }
+    }
+
+    [Fact]
+    public void ALongPromptIsAcceptedWithANote()
+    {
+        string prompt = new string('a', 100);                            // the model was "trained" on 64-byte windows
+        var (code, _, stderr) = Run("generate", prompt, "--model", _model, "-n", "3", "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("longer than the 64", stderr);
+    }
+}
