@@ -17,11 +17,11 @@
 //             element-wise work is vectorised (TensorPrimitives; Vector256 with its exp in the state update, which is
 //             mamba_ssm's selective_state_update, one channel's n values at a time).
 //   TensorOps the backbone's own step functions (RMSNorm.forward, CausalConv.Step, SelectiveScan.Step) with only
-//             the five projections replaced by DecodeMatrix products: what Mamba.Step itself would run with a
-//             "step projection" hook (see the report / README). It costs ~25 tensor ops per layer, whose dispatch
-//             overhead (a few ms per token at 24 layers) is why Fused exists; it is the fused path's oracle.
+//             the five projections replaced by DecodeMatrix products: what Mamba.Step itself would run if it let a
+//             caller replace its projections (a hook that Layers/Mamba.cs does not have yet; this path mirrors
+//             Mamba.Step's body until it does). It costs ~25 tensor ops per layer, whose dispatch overhead (a few ms
+//             per token at 24 layers) is why Fused exists; it is the fused path's oracle in the tests.
 using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Ssm.Backbone.Layers;
@@ -171,7 +171,8 @@ public sealed class DecodeEngine : IDisposable
             CheckState(ls.Ssm, "ssm", b, n);
         }
         using var noGrad = torch.no_grad();
-        return Impl == DecodeImpl.Fused ? FusedStep(ids, state, b) : TensorOpsStep(ids, state);
+        try { return Impl == DecodeImpl.Fused ? FusedStep(ids, state, b) : TensorOpsStep(ids, state); }
+        finally { workers.Rest(); }                                             // sampling (torch ops) comes next
     }
 
     void CheckState(Tensor? t, string what, int b, int last)
@@ -214,7 +215,7 @@ public sealed class DecodeEngine : IDisposable
     {
         public readonly int Batch;
         public readonly float[] X, H, Xi, Z, U, Dbc, Dt, Y, O;
-        public readonly float[][] Tmp;                          // per worker: 2 dIn
+        public readonly float[][] Tmp;                          // per worker: dIn (softplus and silu temporaries)
         public Workspace(int b, int dm, int dIn, int dbc, int tmp, int parts)
         {
             Batch = b;
@@ -222,7 +223,7 @@ public sealed class DecodeEngine : IDisposable
             X = P((long)b * dm); H = P((long)b * dm); O = P((long)b * dm);
             Xi = P((long)b * dIn); Z = P((long)b * dIn); U = P((long)b * dIn); Dt = P((long)b * dIn); Y = P((long)b * dIn);
             Dbc = P((long)b * dbc);
-            Tmp = Enumerable.Range(0, parts).Select(_ => P(2L * tmp)).ToArray();
+            Tmp = Enumerable.Range(0, parts).Select(_ => P(tmp)).ToArray();
         }
     }
 
@@ -250,24 +251,11 @@ public sealed class DecodeEngine : IDisposable
             var lw = layers[li];
             var conv = Ptr(state.Layers[li].Conv!);
             var ssm = Ptr(state.Layers[li].Ssm);
-            var next = li + 1 < layers.Length ? layers[li + 1] : null;
             RmsNorm(x, Ptr(lw.Norm), lw.NormEps, h, b);
-            // Four parallel regions; each worker first prefetches the start of its share of the next region's weights.
-            workers.RunParts(p => { Prefetch(lw.XProj, R, p); InAndConv(lw, p, conv, b); });
-            workers.RunParts(p =>
-            {
-                Prefetch(lw.DtProj, dIn, p);
-                var (r0, r1) = DecodeWorkers.Part(R, workers.Size, p);
-                lw.XProj.MultiplyRows(Ptr(w.U), dIn, b, r0, r1, Ptr(w.Dbc) + r0, R);
-            });
-            workers.RunParts(p => { Prefetch(lw.OutProj, dm, p); DtAndScan(lw, p, ssm, b); });
-            workers.RunParts(p =>
-            {
-                if (next is null) Prefetch(lmHead, vocab, p);
-                else { Prefetch(next.InProj, dIn, p); Prefetch(next.InProj, dIn, p, dIn); }
-                var (r0, r1) = DecodeWorkers.Part(dm, workers.Size, p);
-                lw.OutProj.MultiplyRows(Ptr(w.Y), dIn, b, r0, r1, Ptr(w.O) + r0, dm);
-            });
+            workers.RunParts(p => InAndConv(lw, p, conv, b));
+            workers.Run(R, (r0, r1) => lw.XProj.MultiplyRows(Ptr(w.U), dIn, b, r0, r1, Ptr(w.Dbc) + r0, R));
+            workers.RunParts(p => DtAndScan(lw, p, ssm, b));
+            workers.Run(dm, (r0, r1) => lw.OutProj.MultiplyRows(Ptr(w.Y), dIn, b, r0, r1, Ptr(w.O) + r0, dm));
             var xs = new Span<float>(x, b * dm);
             TensorPrimitives.Add(xs, new ReadOnlySpan<float>(o, b * dm), xs);     // residual (float32 throughout)
         }
@@ -275,19 +263,6 @@ public sealed class DecodeEngine : IDisposable
         float* lp = Ptr(logits);
         workers.Run(vocab, (r0, r1) => lmHead.MultiplyRows(Ptr(w.H), dm, b, r0, r1, lp + r0, vocab));
         return logits;
-    }
-
-    /// <summary>Bytes of its next matrix that a worker prefetches at the start of a region.</summary>
-    const long PrefetchBytes = 8 << 10;
-
-    /// <summary>Prefetches the start of part p of rows [offset, offset + count) of m (the part a worker will multiply).</summary>
-    internal static bool PrefetchNext { get; set; } = true;
-
-    void Prefetch(DecodeMatrix m, int count, int p, int offset = 0)
-    {
-        if (!PrefetchNext) return;
-        var (r0, r1) = DecodeWorkers.Part(count, workers.Size, p);
-        m.Prefetch(offset + r0, offset + r1, PrefetchBytes);
     }
 
     /// <summary>out = w * x / sqrt(mean(x^2) + eps), row by row (RMSNorm.forward in float32).</summary>
@@ -322,7 +297,6 @@ public sealed class DecodeEngine : IDisposable
             {
                 // CausalConv.Step: shift the window left, append x, dot with the channel's kernel, add the bias.
                 float* s = conv + ((long)i * dIn + c) * k;
-                if (Sse.IsSupported) Sse.Prefetch0(s + 4 * PrefetchAhead * k);
                 float* wk = cw + (long)c * k;
                 float acc = cb == null ? 0f : cb[c];
                 for (int j = 0; j < k - 1; j++) { s[j] = s[j + 1]; acc += s[j] * wk[j]; }
@@ -352,12 +326,7 @@ public sealed class DecodeEngine : IDisposable
             TensorPrimitives.Add(dts, new ReadOnlySpan<float>(bias + c0, len), dts);
             Softplus(dts, tmp.AsSpan(0, len));
             for (int c = c0; c < c1; c++)
-            {
-                float* hc = ssm + ((long)i * dIn + c) * n;
-                // The state and A rows (2.4 MB each per token) were evicted by the weight stream: ask for them early.
-                if (Sse.IsSupported) { Sse.Prefetch0(hc + PrefetchAhead * n); Sse.Prefetch0(A + (long)(c + PrefetchAhead) * n); }
-                yr[c] = UpdateAndRead(hc, A + (long)c * n, dt[c], ur[c], B, C, n) + D[c] * ur[c];
-            }
+                yr[c] = UpdateAndRead(ssm + ((long)i * dIn + c) * n, A + (long)c * n, dt[c], ur[c], B, C, n) + D[c] * ur[c];
             var ys = new Span<float>(yr + c0, len);                                 // gate: y * silu(z)
             var zs = new ReadOnlySpan<float>(zr + c0, len);
             var t = tmp.AsSpan(0, len);
@@ -366,9 +335,6 @@ public sealed class DecodeEngine : IDisposable
             TensorPrimitives.Multiply(ys, t, ys);
         }
     }
-
-    /// <summary>Channels ahead whose state is prefetched in the scan loop.</summary>
-    const int PrefetchAhead = 8;
 
     /// <summary>One channel of the selective state update: h = exp(Δ A) ⊙ h + Δ u B in place (ZOH A, Euler B);
     /// returns C · h. Eight states per Vector256 (exp vectorised), scalar for the rest.</summary>

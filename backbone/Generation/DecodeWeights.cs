@@ -142,20 +142,6 @@ public sealed class DecodeMatrix : IDisposable
         else RowsScalar<T>(k, r0, r1);
     }
 
-    /// <summary>
-    /// Asks the memory system for the first <paramref name="maxBytes"/> of rows [r0, r1) (a hint: no fault, no wait).
-    /// A decode step is ~100 short matrix products in a row; each starts a new stream whose first cache lines
-    /// would otherwise arrive at full DRAM latency before the hardware prefetcher ramps up.
-    /// </summary>
-    public unsafe void Prefetch(int r0, int r1, long maxBytes)
-    {
-        if (!Sse.IsSupported || r0 >= r1) return;
-        long rowBytes = (long)Cols * data.ElementSize;
-        byte* start = (byte*)Native.TensorPointer.Of(data) + r0 * rowBytes;
-        long len = Math.Min((r1 - r0) * rowBytes, maxBytes);
-        for (long off = 0; off < len; off += 64) Sse.Prefetch0(start + off);
-    }
-
     /// <summary>x (b, cols) float32 CPU -> y (b, rows) float32, all rows, split over the decode workers.</summary>
     public unsafe Tensor Multiply(Tensor x)
     {
@@ -166,7 +152,9 @@ public sealed class DecodeMatrix : IDisposable
         var y = torch.empty(new long[] { b, Rows }, ScalarType.Float32);
         if (b == 0 || Rows == 0) return y;
         float* xp = (float*)Native.TensorPointer.Of(xc), yp = (float*)Native.TensorPointer.Of(y);
-        DecodeWorkers.Shared.Run(Rows, (r0, r1) => MultiplyRows(xp, Cols, b, r0, r1, yp + r0, Rows));
+        var workers = DecodeWorkers.Shared;
+        workers.Run(Rows, (r0, r1) => MultiplyRows(xp, Cols, b, r0, r1, yp + r0, Rows));
+        workers.Rest();                                                     // tensor ops (and their threads) come next
         return y;
     }
 
@@ -400,7 +388,7 @@ public sealed class DecodeWorkers : IDisposable
     readonly object gate = new();
     Action<int>? job;
     int generation, remaining;
-    volatile bool disposed;
+    volatile bool disposed, resting;
     Exception? failure;
 
     public int Size { get; }
@@ -432,6 +420,7 @@ public sealed class DecodeWorkers : IDisposable
         if (threads.Length == 0) { part(0); return; }
         lock (gate)
         {
+            resting = false;
             job = part;
             failure = null;
             Volatile.Write(ref remaining, threads.Length);
@@ -448,6 +437,13 @@ public sealed class DecodeWorkers : IDisposable
         }
     }
 
+    /// <summary>
+    /// Lets the workers block now instead of spinning: call it when no region follows soon (after a decode step),
+    /// so that the cores are free for other work such as torch's own threads (whose ops would otherwise wait for a
+    /// spinning worker to be descheduled). The next region wakes them (tens of microseconds, once).
+    /// </summary>
+    public void Rest() => resting = true;
+
     /// <summary>The p-th of n nearly equal contiguous parts of [0, count).</summary>
     public static (int start, int end) Part(int count, int parts, int p)
         => ((int)((long)count * p / parts), (int)((long)count * (p + 1) / parts));
@@ -461,7 +457,7 @@ public sealed class DecodeWorkers : IDisposable
             while (Volatile.Read(ref generation) == seen)
             {
                 if (disposed) return;
-                if (System.Diagnostics.Stopwatch.GetTimestamp() - idleSince < SpinTicks) { Thread.SpinWait(30); continue; }
+                if (!resting && System.Diagnostics.Stopwatch.GetTimestamp() - idleSince < SpinTicks) { Thread.SpinWait(30); continue; }
                 // Dekker-style hand-shake with RunParts: announce sleep, fence, re-check the generation, then block.
                 Volatile.Write(ref sleeping[id], 1);
                 Interlocked.MemoryBarrier();

@@ -439,8 +439,19 @@ public class GenerationTests
                 var excess = ((y - expect).abs() - scale * (cols * Math.Pow(2, -24)) - 1e-30).max().item<double>();
                 Assert.True(excess <= 0, $"{format} {rows}x{cols} b={batch}: error above the float32 accumulation bound by {excess:E2}");
 
-                // The rounding itself, against the exact float32 weights: bf16 |dw| <= 2^-8 |w|; int8 |dw| <= max_r |w| / 254.
+                // The rounding itself, against the exact float32 weights: bf16 |dw| <= 2^-8 |w| (8 significant bits,
+                // round to nearest); int8 |dw| <= s_r / 2 = max_r |w| / 254 (the grid of 255 levels spanning the row).
                 var w64 = w.to_type(ScalarType.Float64);
+                var rowMax = w64.abs().amax(new long[] { 1 }, keepdim: true);
+                var perWeight = format switch
+                {
+                    WeightFormat.Float32 => torch.zeros_like(w64),
+                    WeightFormat.BFloat16 => w64.abs() * Math.Pow(2, -8),
+                    _ => rowMax / 254 * (1 + 1e-6),
+                };
+                Assert.True(((wq - w64).abs() - perWeight).max().item<double>() <= 1e-12, $"{format}: a weight rounds further than its format allows");
+                if (format == WeightFormat.Int8)                                          // the largest weight of a row is exact
+                    Assert.True((wq.abs().amax(new long[] { 1 }, keepdim: true) - rowMax).abs().max().item<double>() <= 1e-6 * rowMax.max().item<double>());
                 var exact = torch.matmul(x64, w64.t());
                 if (bias is not null) exact = exact + bias.to_type(ScalarType.Float64);
                 var bound = format switch
