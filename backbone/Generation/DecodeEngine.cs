@@ -121,6 +121,13 @@ public sealed class DecodeEngine : IDisposable
             };
         }).ToArray();
         lmHead = DecodeMatrix.Create(model.lm_head.weight!, model.lm_head.bias, format);
+        var map = new Dictionary<TorchSharp.Modules.Linear, DecodeMatrix>(ReferenceEqualityComparer.Instance) { [model.lm_head] = lmHead };
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var m = (Mamba)model.backbone.layers[i].mixer;
+            map[m.in_proj] = layers[i].InProj; map[m.x_proj] = layers[i].XProj; map[m.dt_proj] = layers[i].DtProj; map[m.out_proj] = layers[i].OutProj;
+        }
+        projections = new Projections(map);
         embedding = model.backbone.embeddings.weight!.detach().contiguous();
         normF = F32(model.backbone.norm_f.weight);
         normFEps = model.backbone.norm_f.Eps;
@@ -185,27 +192,26 @@ public sealed class DecodeEngine : IDisposable
 
     // ------------------------------------------------------------------------------------------ tensor ops
 
+    readonly Projections projections;
+
     Tensor TensorOpsStep(Tensor ids, LMState state)
     {
-        using var scope = torch.NewDisposeScope();
-        var x = model.backbone.embeddings.forward(ids.cpu());                    // (b dm)
-        for (int i = 0; i < layers.Length; i++)
+        // The model's own step (Mamba.Step, ResidualBlock.Step, MambaLM.Step) with only the projections swapped.
+        var prior = model.StepProjection;
+        model.StepProjection = projections;
+        try { return model.Step(ids.cpu(), state); }
+        finally { model.StepProjection = prior; }
+    }
+
+    /// <summary>Each Linear of the model mapped to its decode matrix.</summary>
+    sealed class Projections(Dictionary<TorchSharp.Modules.Linear, DecodeMatrix> map) : IStepProjection
+    {
+        public Tensor? Project(TorchSharp.Modules.Linear layer, Tensor x, bool withBias)
         {
-            var block = model.backbone.layers[i];
-            var m = (Mamba)block.mixer;
-            var lw = layers[i];
-            var st = state.Layers[i];
-            var h = block.norm.forward(x.to_type(block.norm.weight.dtype));
-            var xz = lw.InProj.Multiply(h).chunk(2, -1);                          // 2 x (b dIn)
-            var u = nn.functional.silu(CausalConv.Step(m.conv1d, st.Conv!, xz[0])).to_type(h.dtype);
-            var parts = lw.XProj.Multiply(u).split(new long[] { r, n, n }, -1);
-            var delta = lw.DtProj.Multiply(parts[0]);                             // (b dIn), bias added in the scan
-            var y = SelectiveScan.Step(u, delta, lw.A, parts[1], parts[2], st.Ssm, lw.D, xz[1], lw.DtBias, deltaSoftplus: true);
-            var residual = lw.ResidualInFp32 ? x.to_type(ScalarType.Float32) : x;
-            x = residual + lw.OutProj.Multiply(y);
+            if (!map.TryGetValue(layer, out var m)) return null;
+            if (withBias && layer.bias is not null && !m.HasBias) return null;
+            return m.Multiply(x.to_type(ScalarType.Float32));
         }
-        var hf = model.backbone.norm_f.forward(x.to_type(model.backbone.norm_f.weight.dtype));
-        return lmHead.Multiply(hf).MoveToOuterDisposeScope();
     }
 
     // ------------------------------------------------------------------------------------------ fused

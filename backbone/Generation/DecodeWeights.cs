@@ -97,6 +97,9 @@ public sealed class DecodeMatrix : IDisposable
         }
     }
 
+    /// <summary>Whether the product adds a bias.</summary>
+    public bool HasBias => bias is not null;
+
     /// <summary>Bytes streamed per multiply: the weights, their scales and the bias.</summary>
     public long Bytes => data.numel() * data.ElementSize + (scales?.numel() ?? 0) * 4 + (bias?.numel() ?? 0) * 4;
 

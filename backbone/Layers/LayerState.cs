@@ -31,6 +31,16 @@ public interface IRecurrentLayer
     Tensor Step(Tensor x, LayerState state);
 }
 
+/// <summary>
+/// Replaces the products of a layer's projections in its recurrent step (decode weights kept in bf16/int8, custom
+/// kernels): the step logic stays in the layer, only x W^T (+ b) is computed elsewhere.
+/// </summary>
+public interface IStepProjection
+{
+    /// <summary>x (b, in) -> x W^T (+ bias when <paramref name="withBias"/>) for this layer, or null to use the layer itself.</summary>
+    Tensor? Project(TorchSharp.Modules.Linear layer, Tensor x, bool withBias);
+}
+
 /// <summary>A recurrent layer whose full-sequence forward can also hand over its final state (prefill, then step).</summary>
 public interface IPrefillLayer : IRecurrentLayer
 {

@@ -47,6 +47,12 @@ public sealed class Mamba : nn.Module<Tensor, Tensor>, IPrefillLayer
     /// <summary>Which scan implementation forward uses (Auto: fused kernel on the CPU).</summary>
     public ScanImpl Scan { get; set; } = ScanImpl.Auto;
 
+    /// <summary>Computes the projections of <see cref="Step"/> when set (e.g. the decode engine's bf16/int8 weights).</summary>
+    public IStepProjection? StepProjection { get; set; }
+
+    Tensor Project(Linear layer, Tensor x, bool withBias = true)
+        => StepProjection?.Project(layer, x, withBias) ?? (withBias ? layer.forward(x) : torch.matmul(x, layer.weight!.t()));
+
     /// <param name="config">Sizes and initialisation.</param>
     /// <param name="shareProjectionsWith">Use that mixer's in_proj and out_proj (tied bidirectional mixers).</param>
     public Mamba(MambaConfig config, Mamba? shareProjectionsWith = null) : base(nameof(Mamba))
@@ -115,13 +121,13 @@ public sealed class Mamba : nn.Module<Tensor, Tensor>, IPrefillLayer
     {
         using var scope = torch.NewDisposeScope();
         long n = Config.DState, r = Config.Rank;
-        var xz = in_proj.forward(x).chunk(2, -1);                               // 2 x (b d_inner)
+        var xz = Project(in_proj, x).chunk(2, -1);                              // 2 x (b d_inner)
         var xs = nn.functional.silu(CausalConv.Step(conv1d, state.Conv!, xz[0])).to_type(x.dtype);
-        var parts = x_proj.forward(xs).split(new[] { r, n, n }, -1);
-        var delta = torch.matmul(parts[0], dt_proj.weight!.t());                // (b d_inner)
+        var parts = Project(x_proj, xs).split(new[] { r, n, n }, -1);
+        var delta = Project(dt_proj, parts[0], withBias: false);                // (b d_inner), bias added in the scan
         var A = -torch.exp(A_log.to_type(ScalarType.Float32));
         var y = SelectiveScan.Step(xs, delta, A, parts[1], parts[2], state.Ssm, D.to_type(ScalarType.Float32), xz[1],
             dt_proj.bias!.to_type(ScalarType.Float32), deltaSoftplus: true);
-        return out_proj.forward(y).MoveToOuterDisposeScope();
+        return Project(out_proj, y).MoveToOuterDisposeScope();
     }
 }

@@ -115,6 +115,19 @@ public sealed class MambaLM : nn.Module<Tensor, Tensor>
         return lm_head.forward(h.to_type(lm_head.weight!.dtype)).to_type(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 
+    IStepProjection? _stepProjection;
+
+    /// <summary>Computes the projections of <see cref="Step"/> (every Mamba mixer's and lm_head) when set.</summary>
+    public IStepProjection? StepProjection
+    {
+        get => _stepProjection;
+        set
+        {
+            _stepProjection = value;
+            foreach (var block in backbone.layers) if (block.mixer is Mamba m) m.StepProjection = value;
+        }
+    }
+
     public LMState AllocateState(long batch) => new(backbone.layers.Select(l => l.AllocateState(batch)).ToList());
 
     /// <summary>One token per sequence: ids (b) -> logits (b, padded vocab), float32; updates the state.</summary>
@@ -124,6 +137,7 @@ public sealed class MambaLM : nn.Module<Tensor, Tensor>
         var h = backbone.embeddings.forward(ids);
         for (int i = 0; i < backbone.layers.Count; i++) h = backbone.layers[i].Step(h, state.Layers[i]);
         h = backbone.norm_f.forward(h.to_type(backbone.norm_f.weight.dtype));
-        return lm_head.forward(h.to_type(lm_head.weight!.dtype)).to_type(ScalarType.Float32).MoveToOuterDisposeScope();
+        var logits = _stepProjection?.Project(lm_head, h, withBias: true) ?? lm_head.forward(h.to_type(lm_head.weight!.dtype));
+        return logits.to_type(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 }
