@@ -53,6 +53,7 @@ public static class VisionCli
         root.Subcommands.Add(EvalCommand(o, e, defaultModel));
         root.Subcommands.Add(InfoCommand(o, e, defaultModel));
         root.Subcommands.Add(PrepareDigitsCommand(o, e));
+        root.Subcommands.Add(Ssm.Apps.Doctor.Create());
         return root;
     }
 
