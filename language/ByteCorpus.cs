@@ -10,8 +10,8 @@
 // phase and order come from Trainer.StepSeed(seed, e). Every byte is a target once per epoch (but for < 2L bytes at the
 // ends, which other epochs' phases cover), and window boundaries move from epoch to epoch.
 //
-// Evaluation windows follow MambaByte.Score: windows of L + 1 bytes overlapping by one byte, so every byte but the first
-// is predicted exactly once, with the context restarting every L bytes.
+// Evaluation windows are TextScoring.Windows (through MambaByte.Score): windows of L + 1 bytes overlapping by one byte,
+// so every byte but the first is predicted exactly once, with the context restarting every L bytes.
 //
 // Glossary: n bytes in a split, L window length (predicted bytes per window), B windows per batch, K windows per epoch.
 using System.Globalization;
@@ -135,43 +135,6 @@ public sealed class ByteCorpus
                 throw new InvalidDataException(
                     $"{path} lists {offset[(int)s]} bytes for {SplitName(s)}.bin, which has {splits[(int)s].Length}; rerun {Script} --force");
         return docs;
-    }
-
-    /// <summary>
-    /// Evaluation windows over <paramref name="n"/> bytes: (offset, bytes) with bytes = L + 1 except for a shorter last
-    /// window; consecutive windows overlap by one byte, so each of the bytes 1 .. n-1 is a target exactly once.
-    /// </summary>
-    public static IEnumerable<(long Offset, int Length)> EvalWindows(long n, int length)
-    {
-        if (length < 1) throw new ArgumentOutOfRangeException(nameof(length), "the window length must be at least 1");
-        for (long o = 0; o + 1 < n; o += length)
-            yield return (o, (int)Math.Min(length + 1, n - o));
-    }
-
-    /// <summary>
-    /// Evaluation batches of int64 byte ids (b, L + 1) over at most <paramref name="maxBytes"/> leading bytes of
-    /// <paramref name="data"/> (the windows of <see cref="EvalWindows"/>); the last, shorter window comes alone as (1, m).
-    /// Feed each to MambaByte's loss: inputs [.., ..^1], targets [.., 1..].
-    /// </summary>
-    public static IEnumerable<Tensor> EvalBatches(byte[] data, int length, int batchSize, Device? device = null, long maxBytes = long.MaxValue)
-    {
-        if (batchSize < 1) throw new ArgumentOutOfRangeException(nameof(batchSize));
-        long n = Math.Min(data.LongLength, maxBytes);
-        var full = new List<long>(batchSize);
-        foreach (var (o, m) in EvalWindows(n, length))
-        {
-            if (m == length + 1)
-            {
-                full.Add(o);
-                if (full.Count == batchSize) { yield return Gather(data, full, length + 1, device); full.Clear(); }
-            }
-            else
-            {
-                if (full.Count > 0) { yield return Gather(data, full, length + 1, device); full.Clear(); }
-                yield return Gather(data, [o], m, device);
-            }
-        }
-        if (full.Count > 0) yield return Gather(data, full, length + 1, device);
     }
 
     /// <summary>int64 tensor (offsets.Count, width) of data[o .. o + width) for each offset o.</summary>

@@ -63,7 +63,7 @@ public static class MambaByteTraining
             () => JsonNode.Parse(HfMamba.ConfigJson(o.Config))!)
         {
             AfterStep = o.AfterStep,
-            Evaluate = _ => new Dictionary<string, double> { ["valid_bpb"] = ValidBitsPerByte(model, corpus.Valid, o.SeqLen, o.EvalBytes, device) },
+            Evaluate = _ => new Dictionary<string, double> { ["valid_bpb"] = ValidBitsPerByte(model, corpus.Valid, o.SeqLen, o.EvalBytes) },
         };
         var result = trainer.Run(cancel);
         if (!cancel.IsCancellationRequested)
@@ -74,20 +74,12 @@ public static class MambaByteTraining
         return result;
     }
 
-    /// <summary>Bits per byte over the first <paramref name="maxBytes"/> bytes (0: all) of a split.</summary>
-    public static double ValidBitsPerByte(MambaLM model, byte[] data, int window, int maxBytes, Device device)
+    /// <summary>Bits per byte over the first <paramref name="maxBytes"/> bytes (0: all) of a split, windows as in
+    /// <see cref="TextScoring.Score"/> (the one scoring loop; the model's device is used).</summary>
+    public static double ValidBitsPerByte(MambaLM model, byte[] data, int window, int maxBytes)
     {
-        double nats = 0;
-        long count = 0;
-        foreach (var batch in ByteCorpus.EvalBatches(data, window, 8, device, maxBytes > 0 ? maxBytes : long.MaxValue))
-        {
-            using var scope = torch.NewDisposeScope();
-            var logits = model.forward(batch[.., ..^1]);
-            nats += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[^1]), batch[.., 1..].reshape(-1), reduction: nn.Reduction.Sum)
-                .to_type(ScalarType.Float64).item<double>();
-            count += batch.shape[0] * (batch.shape[1] - 1);
-            batch.Dispose();
-        }
-        return count == 0 ? double.NaN : nats / Math.Log(2) / count;
+        int n = maxBytes > 0 ? Math.Min(maxBytes, data.Length) : data.Length;
+        var (bits, count) = MambaByte.Score(model, data.AsSpan(0, n), window);
+        return count == 0 ? double.NaN : bits / count;
     }
 }

@@ -9,38 +9,48 @@ namespace Ssm.Language;
 public static class TextScoring
 {
     /// <summary>
-    /// Every token but the first is predicted, with the context restarting every <paramref name="window"/> tokens
-    /// (windows overlap by one token, so none is skipped); full windows run in batches of <paramref name="batch"/>, the
-    /// last shorter one alone. Returns (total bits, predicted tokens).
+    /// The scoring windows over <paramref name="n"/> tokens: (offset, tokens) with tokens = window + 1 except for a shorter
+    /// last one; consecutive windows overlap by one token, so each of the tokens 1 .. n-1 is a target exactly once, with
+    /// the context restarting every <paramref name="window"/> tokens.
+    /// </summary>
+    public static IEnumerable<(long Offset, int Length)> Windows(long n, int window)
+    {
+        if (window < 1) throw new ArgumentOutOfRangeException(nameof(window), "the window length must be at least 1");
+        for (long o = 0; o + 1 < n; o += window)
+            yield return (o, (int)Math.Min(window + 1, n - o));
+    }
+
+    /// <summary>
+    /// Total bits of every token but the first (see <see cref="Windows"/>); full windows run in batches of
+    /// <paramref name="batch"/>, a shorter last one alone. Returns (total bits, predicted tokens).
     /// </summary>
     public static (double Bits, long Count) Score(MambaLM model, IReadOnlyList<int> ids, int window, int batch = 8, ProgressBar? progress = null)
     {
-        if (window < 1) throw new ArgumentOutOfRangeException(nameof(window));
-        if (ids.Count < 2) return (0, 0);
         var device = model.lm_head.weight!.device;
-        long predicted = ids.Count - 1;
-        long full = predicted / window;
         double nats = 0;
+        long predicted = 0;
+        var pending = new List<(long Offset, int Length)>(batch);
+        void Flush()
+        {
+            if (pending.Count == 0) return;
+            using var scope = torch.NewDisposeScope();
+            int w = pending[0].Length;
+            var buf = new long[pending.Count * w];
+            for (int i = 0; i < pending.Count; i++)
+                for (int j = 0; j < w; j++) buf[i * w + j] = ids[(int)(pending[i].Offset + j)];
+            nats += SumNats(model, torch.tensor(buf, new long[] { pending.Count, w }, device: device));
+            long done = pending.Count * (long)(w - 1);
+            predicted += done;
+            progress?.Advance(done);
+            pending.Clear();
+        }
         using var noGrad = torch.no_grad();
-        for (long w0 = 0; w0 < full; w0 += batch)
+        foreach (var win in Windows(ids.Count, window))
         {
-            using var scope = torch.NewDisposeScope();
-            int nb = (int)Math.Min(batch, full - w0);
-            var buf = new long[nb * (window + 1)];
-            for (int i = 0; i < nb; i++)
-                for (int j = 0; j <= window; j++) buf[i * (window + 1) + j] = ids[(int)((w0 + i) * window + j)];
-            nats += SumNats(model, torch.tensor(buf, new long[] { nb, window + 1 }, device: device));
-            progress?.Advance(nb * (long)window);
+            if (pending.Count > 0 && (win.Length != pending[0].Length || pending.Count == batch)) Flush();
+            pending.Add(win);
         }
-        long rest = predicted - full * window;
-        if (rest > 0)
-        {
-            using var scope = torch.NewDisposeScope();
-            var tail = new long[rest + 1];
-            for (int j = 0; j <= rest; j++) tail[j] = ids[(int)(full * window + j)];
-            nats += SumNats(model, torch.tensor(tail, new long[] { 1, rest + 1 }, device: device));
-            progress?.Advance(rest);
-        }
+        Flush();
         return (nats / Math.Log(2), predicted);
     }
 

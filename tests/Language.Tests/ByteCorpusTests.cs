@@ -113,36 +113,13 @@ public class ByteCorpusTests
     public void EvaluationWindowsTargetEveryByteButTheFirstOnce(int n, int L)
     {
         var targets = new int[n];
-        foreach (var (o, m) in ByteCorpus.EvalWindows(n, L))
+        foreach (var (o, m) in TextScoring.Windows(n, L))
         {
             Assert.InRange(m, 2, L + 1);
             Assert.True(o + m <= n);
             for (long t = o + 1; t < o + m; t++) targets[t]++;
         }
         for (int t = 0; t < n; t++) Assert.Equal(t == 0 ? 0 : 1, targets[t]);
-    }
-
-    [Fact]
-    public void EvaluationBatchesHoldTheWindowsBytes()
-    {
-        var data = RandomBytes(1000, 5);
-        int L = 64;
-        var windows = ByteCorpus.EvalWindows(data.Length, L).ToList();
-        var got = new List<long[]>();
-        foreach (var t in ByteCorpus.EvalBatches(data, L, batchSize: 4))
-            using (t)
-            {
-                var v = t.data<long>().ToArray();
-                long w = t.shape[1];
-                Assert.True(w == L + 1 || t.shape[0] == 1);
-                for (int i = 0; i < t.shape[0]; i++) got.Add(v.Skip((int)(i * w)).Take((int)w).ToArray());
-            }
-        Assert.Equal(windows.Count, got.Count);
-        for (int i = 0; i < windows.Count; i++)
-            Assert.Equal(data.Skip((int)windows[i].Offset).Take(windows[i].Length).Select(b => (long)b), got[i]);
-        // maxBytes limits the evaluated prefix
-        long predicted = ByteCorpus.EvalBatches(data, L, 4, maxBytes: 300).Sum(t => { using (t) return t.shape[0] * (t.shape[1] - 1); });
-        Assert.Equal(299, predicted);
     }
 
     sealed class TempDir : IDisposable

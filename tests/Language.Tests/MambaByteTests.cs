@@ -39,13 +39,13 @@ public class MambaByteTests
             torch.manual_seed(5);
             using (var untrained = new MambaLM(MambaByte.Config(32, 2)))
             {
-                double before = MambaByteTraining.ValidBitsPerByte(untrained, corpus.Valid, 64, 0, torch.CPU);
+                double before = MambaByteTraining.ValidBitsPerByte(untrained, corpus.Valid, 64, 0);
                 Assert.InRange(before, 7.0, 9.5);                     // about log2(256) = 8 for an untrained model
             }
             var result = MambaByteTraining.Train(corpus, Options(dir, 200), torch.CPU);
             using var tm = TextModel.Load(dir, torch.CPU);
             Assert.True(tm.ByteLevel);
-            double after = MambaByteTraining.ValidBitsPerByte(tm.Model, corpus.Valid, 64, 0, torch.CPU);
+            double after = MambaByteTraining.ValidBitsPerByte(tm.Model, corpus.Valid, 64, 0);
             Assert.True(after < 3.0, $"validation bits per byte after 200 steps: {after:0.000} (expected < 3 on a repeated text)");
         }
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
