@@ -23,11 +23,15 @@ namespace Ssm.Vision;
 public sealed record ClassifierArchitecture(string Name, Type ConfigType, string DefaultPreset,
     Func<object, nn.Module<Tensor, Tensor>> Build, Func<string, Tensor, bool> Decay, string Description)
 {
-    /// <summary>Preset names (lower case) and values: the config type's public static properties of its own type.</summary>
-    public IReadOnlyDictionary<string, object> Presets => ConfigType
-        .GetProperties(BindingFlags.Public | BindingFlags.Static)
-        .Where(p => p.PropertyType == ConfigType && p.GetIndexParameters().Length == 0)
-        .ToDictionary(p => p.Name.ToLowerInvariant(), p => p.GetValue(null)!, StringComparer.OrdinalIgnoreCase);
+    /// <summary>Preset names (lower case) and values (ConfigRecords.Presets).</summary>
+    public IReadOnlyDictionary<string, object> Presets => ConfigRecords.Presets(ConfigType);
+}
+
+/// <summary>A classifier that exposes its penultimate features (the head's input), e.g. for Frechet distances.</summary>
+public interface IImageFeatures
+{
+    /// <summary>Normalised images (b, c, s, s) -> features (b, f).</summary>
+    Tensor Features(Tensor images);
 }
 
 /// <summary>A top-k prediction.</summary>
@@ -51,12 +55,7 @@ public sealed class ImageClassifier : IDisposable
         ?? throw new ArgumentException($"unknown model type '{modelType}' (expected {string.Join(", ", Architectures.Select(a => a.Name))})");
 
     /// <summary>How config records are written: snake_case field names (Hugging Face style), enums as strings.</summary>
-    public static JsonSerializerOptions ConfigJsonOptions { get; } = new()
-    {
-        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
-        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
-        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
-    };
+    public static JsonSerializerOptions ConfigJsonOptions => ConfigRecords.Json;
 
     static readonly string[] ReservedKeys = ["model_type", "labels", "image_size", "mean", "std", "background"];
 
@@ -98,53 +97,18 @@ public sealed class ImageClassifier : IDisposable
         spec.Validate();
         if (labels.Count < 2) throw new ArgumentException("a classifier needs at least 2 classes");
         var arch = Architecture(modelType);
-        string name = preset ?? arch.DefaultPreset;
-        if (!arch.Presets.TryGetValue(name, out var baseConfig))
-            throw new ArgumentException($"unknown preset '{name}' for {arch.Name} (presets: {string.Join(", ", arch.Presets.Keys.Order())})");
-        var fields = (JsonObject)JsonSerializer.SerializeToNode(baseConfig, arch.ConfigType, ConfigJsonOptions)!;
-        fields[Key("InChans")] = spec.Channels;
-        fields[Key("NumClasses")] = labels.Count;
-        fields[Key("ImgSize")] = spec.Size;
-        var set = new List<string>();
-        foreach (var (k, v) in overrides ?? [])
+        var fixedFields = new Dictionary<string, JsonNode?>
         {
-            if (!fields.ContainsKey(k))
-                throw new ArgumentException($"unknown config field '{k}' for {arch.Name} (fields: {string.Join(", ", fields.Select(f => f.Key))})");
-            if (k == Key("InChans") || k == Key("NumClasses") || k == Key("ImgSize"))
-                throw new ArgumentException($"config field '{k}' is fixed by the data set");
-            fields[k] = ParseValue(v);
-            set.Add(k);
-        }
-        object config = Deserialize(fields, arch, "config");
-        // A field that did not bind (read-only, or a value of the wrong type silently dropped) must not pass unnoticed.
-        var back = (JsonObject)JsonSerializer.SerializeToNode(config, arch.ConfigType, ConfigJsonOptions)!;
-        foreach (var k in set)
-            if (!JsonNode.DeepEquals(back[k], fields[k]))
-                throw new ArgumentException($"config field '{k}' cannot be set to {fields[k]?.ToJsonString()}");
+            [Key("InChans")] = spec.Channels, [Key("NumClasses")] = labels.Count, [Key("ImgSize")] = spec.Size,
+        };
+        object config = ConfigRecords.Build(arch.Name, arch.ConfigType, preset ?? arch.DefaultPreset, fixedFields, overrides);
         return new ImageClassifier(arch, config, labels.ToArray(), spec);
     }
 
-    static string Key(string property) => ConfigJsonOptions.PropertyNamingPolicy!.ConvertName(property);
+    static string Key(string property) => ConfigRecords.Key(property);
 
-    /// <summary>A command-line value: JSON if it parses (numbers, true/false, arrays), else a string.</summary>
-    static JsonNode? ParseValue(string v)
-    {
-        try { return JsonNode.Parse(v); }
-        catch (JsonException) { return JsonValue.Create(v); }
-    }
-
-    static object Deserialize(JsonObject fields, ClassifierArchitecture arch, string source)
-    {
-        try
-        {
-            return fields.Deserialize(arch.ConfigType, ConfigJsonOptions)
-                ?? throw new InvalidDataException($"{source}: empty {arch.Name} config");
-        }
-        catch (JsonException e)
-        {
-            throw new ArgumentException($"{source}: invalid {arch.Name} config{(e.Path is { } p ? $" at {p}" : "")}: {e.Message}", e);
-        }
-    }
+    static object Deserialize(JsonObject fields, ClassifierArchitecture arch, string source) =>
+        ConfigRecords.Deserialize(fields, arch.ConfigType, arch.Name, source);
 
     /// <summary>config.json's content.</summary>
     public JsonObject ConfigJson()
@@ -229,6 +193,20 @@ public sealed class ImageClassifier : IDisposable
         Model.eval();
         using var noGrad = torch.no_grad();
         return Model.call(images.to(Device));
+    }
+
+    /// <summary>Penultimate features (b, f) and logits (b, k) of normalised images (eval mode, no grad).</summary>
+    public (Tensor Features, Tensor Logits) FeaturesAndLogits(Tensor images)
+    {
+        if (Model is not IImageFeatures fm) throw new InvalidOperationException($"{ModelType} does not expose features");
+        Model.eval();
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var f = fm.Features(images.to(Device));
+        var head = Model.named_children().First(c => c.name == "head").module as nn.Module<Tensor, Tensor>
+            ?? throw new InvalidOperationException($"{ModelType} has no head");
+        var logits = head.call(f);
+        return (f.MoveToOuterDisposeScope(), logits.MoveToOuterDisposeScope());
     }
 
     /// <summary>

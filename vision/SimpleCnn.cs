@@ -78,7 +78,7 @@ public sealed class SimpleCnnStage : nn.Module<Tensor, Tensor>
     }
 }
 
-public sealed class SimpleCnn : nn.Module<Tensor, Tensor>
+public sealed class SimpleCnn : nn.Module<Tensor, Tensor>, IImageFeatures
 {
     public ModuleList<SimpleCnnStage> features;
     public Linear fc1;
@@ -107,12 +107,18 @@ public sealed class SimpleCnn : nn.Module<Tensor, Tensor>
     /// <summary>x (b, c, s, s) float -> logits (b, k).</summary>
     public override Tensor forward(Tensor x)
     {
+        using var scope = torch.NewDisposeScope();
+        return head.call(dropout.call(Features(x))).MoveToOuterDisposeScope();   // (b k)
+    }
+
+    /// <summary>The head's input: the hidden layer after ReLU (b, hidden).</summary>
+    public Tensor Features(Tensor x)
+    {
         if (x.dim() != 4 || x.shape[1] != Config.InChans || x.shape[2] != Config.ImgSize || x.shape[3] != Config.ImgSize)
             throw new ArgumentException($"SimpleCnn expects images (b, {Config.InChans}, {Config.ImgSize}, {Config.ImgSize}), got [{string.Join(", ", x.shape)}]");
         using var scope = torch.NewDisposeScope();
         var h = x;
         foreach (var stage in features) h = stage.call(h);                  // (b w_last f f)
-        h = nn.functional.relu(fc1.call(h.flatten(1)));                      // (b hidden)
-        return head.call(dropout.call(h)).MoveToOuterDisposeScope();         // (b k)
+        return nn.functional.relu(fc1.call(h.flatten(1))).MoveToOuterDisposeScope(); // (b hidden)
     }
 }

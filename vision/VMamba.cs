@@ -270,7 +270,7 @@ public sealed class VSSLayer : nn.Module<Tensor, Tensor>
     }
 }
 
-public sealed class VMamba : nn.Module<Tensor, Tensor>
+public sealed class VMamba : nn.Module<Tensor, Tensor>, IImageFeatures
 {
     public VMambaPatchEmbed patch_embed;
     public ModuleList<VSSLayer> layers;
@@ -328,6 +328,13 @@ public sealed class VMamba : nn.Module<Tensor, Tensor>
     /// <summary>images (b, in_chans, H, W) float, H and W multiples of the patch size -> logits (b, num_classes).</summary>
     public override Tensor forward(Tensor images)
     {
+        using var scope = torch.NewDisposeScope();
+        return head.forward(Features(images)).MoveToOuterDisposeScope();           // (b k)
+    }
+
+    /// <summary>The head's input: the normalised, average-pooled last stage (b, C_last).</summary>
+    public Tensor Features(Tensor images)
+    {
         var c = Config;
         if (images.dim() != 4 || images.shape[1] != c.InChans || images.shape[2] % c.PatchSize != 0 || images.shape[3] % c.PatchSize != 0)
             throw new ArgumentException($"VMamba: images must be (b, {c.InChans}, H, W) with H and W multiples of {c.PatchSize}, got ({string.Join(", ", images.shape)})");
@@ -335,6 +342,6 @@ public sealed class VMamba : nn.Module<Tensor, Tensor>
         var x = patch_embed.forward(images);                                       // (b h w C0)
         foreach (var layer in layers) x = layer.forward(x);                        // (b h' w' C_last)
         var pooled = norm.forward(x).mean(new long[] { 1, 2 });                    // (b C_last)
-        return head.forward(pooled).MoveToOuterDisposeScope();                     // (b k)
+        return pooled.MoveToOuterDisposeScope();
     }
 }

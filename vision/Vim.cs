@@ -164,7 +164,7 @@ public sealed class VimBlock : nn.Module<Tensor, Tensor>
     }
 }
 
-public sealed class Vim : nn.Module<Tensor, Tensor>
+public sealed class Vim : nn.Module<Tensor, Tensor>, IImageFeatures
 {
     public VimPatchEmbed patch_embed;
     public Parameter cls_token;   // (1 1 d)
@@ -225,6 +225,13 @@ public sealed class Vim : nn.Module<Tensor, Tensor>
     /// <summary>images (b, in_chans, img_size, img_size) float -> logits (b, num_classes).</summary>
     public override Tensor forward(Tensor images)
     {
+        using var scope = torch.NewDisposeScope();
+        return head.forward(Features(images)).MoveToOuterDisposeScope();           // (b k)
+    }
+
+    /// <summary>The head's input: norm_f of the class token (b, embed_dim).</summary>
+    public Tensor Features(Tensor images)
+    {
         var c = Config;
         if (images.dim() != 4 || images.shape[1] != c.InChans || images.shape[2] != c.ImgSize || images.shape[3] != c.ImgSize)
             throw new ArgumentException($"Vim: images must be (b, {c.InChans}, {c.ImgSize}, {c.ImgSize}), got ({string.Join(", ", images.shape)})");
@@ -236,6 +243,6 @@ public sealed class Vim : nn.Module<Tensor, Tensor>
         x = x + pos_embed.to_type(x.dtype);
         foreach (var layer in layers) x = layer.forward(x);                        // (b l d)
         var h = norm_f.forward(x.to_type(norm_f.weight.dtype));
-        return head.forward(h.select(1, t)).MoveToOuterDisposeScope();             // (b k)
+        return h.select(1, t).MoveToOuterDisposeScope();                           // (b d)
     }
 }
