@@ -41,7 +41,7 @@ public sealed record DiffuSSMConfig
     public long DConv { get; init; } = 4;
     public long Expand { get; init; } = 2;
 
-    /// <summary>28 x 28 grey, 10 classes, width 128, 6 blocks, M = 2 (about 1.6M parameters).</summary>
+    /// <summary>28 x 28 grey, 10 classes, width 128, 6 blocks, M = 2 (1,982,465 parameters).</summary>
     public static DiffuSSMConfig Small28 => new();
 
     /// <summary>A tiny model for tests.</summary>

@@ -258,11 +258,11 @@ public sealed class ImageDiffusion : IDisposable
                 var ids = classes.Skip(start).Take(n).Select(c => c < 0 ? NullClass : c).ToArray();
                 var y = torch.tensor(ids, dtype: ScalarType.Int64, device: Device);
                 // Unconditional rows are guided against themselves: cond == uncond, so guidance leaves them unchanged.
-                var x = Process.SampleDdim(Denoiser, noise, y, NullClass, steps, guidance, eta, clip: 1, generator: null,
+                // The same generator then supplies the DDIM noise for eta > 0, so the seed fixes every draw.
+                var x = Process.SampleDdim(Denoiser, noise, y, NullClass, steps, guidance, eta, clip: 1, generator: gen,
                     progress: i => progress?.Invoke(done + (int)((long)i * n / steps)));
                 outputs.Add(x.cpu().MoveToOuterDisposeScope());
                 done += n;
-                progress?.Invoke(done);
             }
             var all = torch.cat(outputs);
             return all;
@@ -422,18 +422,37 @@ public sealed class ImageDiffusion : IDisposable
     public DiffusionQuality Evaluate(ImageClassifier clf, ImageDataset reference, int samples, int steps, double guidance,
         long seed = 0, int batchSize = 250, bool progress = false)
     {
+        using var rf = ReferenceFeatures(clf, reference);
+        return Evaluate(clf, rf, samples, steps, guidance, seed, batchSize, progress);
+    }
+
+    /// <summary>The judge's features (n, f) of a real split, computed once for any number of <see cref="Evaluate"/> rows.</summary>
+    public static Tensor ReferenceFeatures(ImageClassifier clf, ImageDataset reference)
+    {
+        if (reference.Channels != clf.Spec.Channels || reference.Height != clf.Spec.Size || reference.Width != clf.Spec.Size)
+            throw new ArgumentException($"{reference.Name}: images are {reference.Channels}x{reference.Height}x{reference.Width}, the classifier takes {clf.Spec.Channels}x{clf.Spec.Size}x{clf.Spec.Size}");
+        if (reference.Count < 2) throw new ArgumentException($"{reference.Name}: a Frechet distance needs at least 2 images");
+        using var bytes = torch.tensor(reference.Pixels, [reference.Count, reference.Channels, reference.Height, reference.Width], dtype: ScalarType.Byte);
+        var (f, p) = JudgeBytes(clf, bytes);
+        p.Dispose();
+        return f;
+    }
+
+    /// <summary>As <see cref="Evaluate(ImageClassifier, ImageDataset, int, int, double, long, int, bool)"/> against precomputed reference features.</summary>
+    public DiffusionQuality Evaluate(ImageClassifier clf, Tensor referenceFeatures, int samples, int steps, double guidance,
+        long seed = 0, int batchSize = 250, bool progress = false)
+    {
         CheckJudge(clf);
+        if (samples < 2) throw new ArgumentException($"a Frechet distance needs at least 2 samples, got {samples}");
         var classes = Enumerable.Range(0, samples).Select(i => i % Labels.Count).ToArray();
         using var bar = progress ? new ProgressBar($"sample g={guidance:0.##} s={steps}", samples, "img") : null;
         var sw = Stopwatch.StartNew();
         using var imgs = Sample(classes, steps, guidance, seed, batchSize: batchSize, progress: i => bar?.Report(i));
         double ips = samples / sw.Elapsed.TotalSeconds;
         var (gf, gp) = Judge(clf, imgs);
-        using var refBytes = torch.tensor(reference.Pixels, [reference.Count, reference.Channels, reference.Height, reference.Width], dtype: ScalarType.Byte);
-        var (rf, rp) = JudgeBytes(clf, refBytes);
-        using (gf) using (gp) using (rf) using (rp)
+        using (gf) using (gp)
         {
-            double fid = SampleQuality.FrechetDistance(gf, rf);
+            double fid = SampleQuality.FrechetDistance(gf, referenceFeatures);
             using var want = torch.tensor(classes.Select(c => (long)c).ToArray());
             using var hit = gp.argmax(1).eq(want).to_type(ScalarType.Float64).mean();
             return new DiffusionQuality(samples, steps, guidance, fid, hit.item<double>(), SampleQuality.InceptionScore(gp), ips);
@@ -443,14 +462,19 @@ public sealed class ImageDiffusion : IDisposable
     /// <summary>The floor of the Frechet distance: real images (<paramref name="a"/>, e.g. train) against the reference split.</summary>
     public static double RealFid(ImageClassifier clf, ImageDataset a, ImageDataset reference)
     {
-        using var ab = torch.tensor(a.Pixels, [a.Count, a.Channels, a.Height, a.Width], dtype: ScalarType.Byte);
-        using var rb = torch.tensor(reference.Pixels, [reference.Count, reference.Channels, reference.Height, reference.Width], dtype: ScalarType.Byte);
-        var (af, ap) = JudgeBytes(clf, ab);
-        var (rf, rp) = JudgeBytes(clf, rb);
-        using (af) using (ap) using (rf) using (rp) return SampleQuality.FrechetDistance(af, rf);
+        using var rf = ReferenceFeatures(clf, reference);
+        return RealFid(clf, a, rf);
     }
 
-    void CheckJudge(ImageClassifier clf)
+    /// <summary>The floor against precomputed reference features (<see cref="ReferenceFeatures"/>).</summary>
+    public static double RealFid(ImageClassifier clf, ImageDataset a, Tensor referenceFeatures)
+    {
+        using var af = ReferenceFeatures(clf, a);
+        return SampleQuality.FrechetDistance(af, referenceFeatures);
+    }
+
+    /// <summary>Refuses a judge that does not fit this model (image size, class count).</summary>
+    public void CheckJudge(ImageClassifier clf)
     {
         if (clf.Spec.Channels != Channels || clf.Spec.Size != Size)
             throw new ArgumentException($"the classifier takes {clf.Spec.Channels}x{clf.Spec.Size}x{clf.Spec.Size} images, this model makes {Channels}x{Size}x{Size}");

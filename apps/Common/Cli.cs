@@ -6,8 +6,8 @@ namespace Ssm.Apps;
 
 public static class Cli
 {
-    /// <summary>Exit codes: 0 ok, 1 a failure in the input or the run, 2 bad usage, 130 interrupted.</summary>
-    public const int Ok = 0, Failed = 1, Usage = 2, Interrupted = 130;
+    /// <summary>Exit codes: 0 ok, 1 a failure in the input or the run, 2 bad usage, 70 libtorch failed (out of memory, CUDA), 130 interrupted.</summary>
+    public const int Ok = 0, Failed = 1, Usage = 2, Native = 70, Interrupted = 130;
 
     static readonly CancellationTokenSource Cancel = new();
     static bool _hooked;
@@ -41,10 +41,26 @@ public static class Cli
         catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException
                                   or NotSupportedException or FormatException or System.Text.Json.JsonException)
         {
-            Console.Error.WriteLine($"error: {OneLine(e.Message)}");
-            if (Environment.GetEnvironmentVariable("SSM_DEBUG") == "1") Console.Error.WriteLine(e);
-            return Failed;
+            return Report(OneLine(e.Message), e, Failed);
         }
+        // A run that cannot go on (the trainer's "loss is NaN", a model without a needed feature): the message says why.
+        catch (InvalidOperationException e) when (e is not ObjectDisposedException)
+        {
+            return Report(OneLine(e.Message), e, Failed);
+        }
+        // libtorch's errors carry a C++ back trace after the first line: show the reason only.
+        catch (System.Runtime.InteropServices.ExternalException e)
+        {
+            string first = e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).FirstOrDefault() ?? "";
+            return Report($"{(first.Length > 0 ? first : "libtorch failed")} (libtorch)", e, Native);
+        }
+    }
+
+    static int Report(string message, Exception e, int code)
+    {
+        Console.Error.WriteLine($"error: {message}");
+        if (Environment.GetEnvironmentVariable("SSM_DEBUG") == "1") Console.Error.WriteLine(e);
+        return code;
     }
 
     static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();

@@ -186,7 +186,11 @@ public sealed class GaussianDiffusion
             }
             double sigma = eta * Math.Sqrt((1 - abarPrev) / (1 - abar)) * Math.Sqrt(1 - abar / abarPrev);
             var next = Math.Sqrt(abarPrev) * x0 + Math.Sqrt(Math.Max(1 - abarPrev - sigma * sigma, 0)) * eps;
-            if (sigma > 0) next = next + sigma * torch.randn(x.shape, dtype: x.dtype, device: x.device, generator: generator);
+            // With a generator the noise is drawn on the CPU (where the generator lives) and moved: a seed then gives the
+            // same samples on every device.
+            if (sigma > 0) next = next + sigma * (generator is null
+                ? torch.randn(x.shape, dtype: x.dtype, device: x.device)
+                : torch.randn(x.shape, dtype: x.dtype, generator: generator).to(x.device));
             x.Dispose();
             x = next.MoveToOuterDisposeScope();
             progress?.Invoke(i + 1);
