@@ -8,7 +8,7 @@
 //            guidance scales
 //   info     a model's (or a preset's) type, parameter count, config, labels and diffusion settings
 //   doctor   the backend and the device self-test (shared with every ssm-* CLI)
-// The default generator (models/fashion-mnist-diffussm) and the default judge classifier (models/fashion-mnist-vim) are
+// The default generator (models/fashion-mnist-diffusion) and the default judge classifier (models/fashion-mnist-vim) are
 // copied next to the executable at build (see ssm-diffuse.csproj).
 using System.CommandLine;
 using System.Diagnostics;
@@ -27,7 +27,7 @@ namespace Ssm.Apps.Diffusion;
 
 public static class DiffuseCli
 {
-    public const string DefaultModelName = "fashion-mnist-diffussm", DefaultJudgeName = "fashion-mnist-vim";
+    public const string DefaultModelName = "fashion-mnist-diffusion", DefaultJudgeName = "fashion-mnist-vim";
 
     /// <summary>Where the embedded default generator is copied at build and publish (see ssm-diffuse.csproj).</summary>
     public static string DefaultModelDir => Path.Combine(AppContext.BaseDirectory, "models", DefaultModelName);
