@@ -449,14 +449,53 @@ public sealed class ImageDiffusion : IDisposable
         var sw = Stopwatch.StartNew();
         using var imgs = Sample(classes, steps, guidance, seed, batchSize: batchSize, progress: i => bar?.Report(i));
         double ips = samples / sw.Elapsed.TotalSeconds;
-        var (gf, gp) = Judge(clf, imgs);
+        var (fid, fidelity, inception) = Score(clf, imgs, classes, referenceFeatures);
+        return new DiffusionQuality(samples, steps, guidance, fid, fidelity, inception, ips);
+    }
+
+    /// <summary>
+    /// The scores of generated images (model values (n, c, s, s)) requested as <paramref name="classes"/>: Frechet
+    /// distance of the judge's features to the reference features, class fidelity, inception score.
+    /// </summary>
+    public static (double Fid, double ClassFidelity, double InceptionScore) Score(ImageClassifier clf, Tensor images,
+        IReadOnlyList<int> classes, Tensor referenceFeatures)
+    {
+        if (images.shape[0] != classes.Count) throw new ArgumentException($"{images.shape[0]} images for {classes.Count} requested classes");
+        var (gf, gp) = Judge(clf, images);
         using (gf) using (gp)
         {
             double fid = SampleQuality.FrechetDistance(gf, referenceFeatures);
             using var want = torch.tensor(classes.Select(c => (long)c).ToArray());
             using var hit = gp.argmax(1).eq(want).to_type(ScalarType.Float64).mean();
-            return new DiffusionQuality(samples, steps, guidance, fid, hit.item<double>(), SampleQuality.InceptionScore(gp), ips);
+            return (fid, hit.item<double>(), SampleQuality.InceptionScore(gp));
         }
+    }
+
+    /// <summary>
+    /// The simplest class-conditional generator, as a baseline for the scores: per class, an independent Gaussian per
+    /// pixel with the class's mean and variance on <paramref name="train"/>, sampled and clipped to [-1, 1]. It
+    /// knows each class's average silhouette but nothing of how pixels vary together.
+    /// </summary>
+    public static Tensor PixelGaussianSamples(ImageDataset train, IReadOnlyList<int> classes, long seed = 0)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = ToModel(torch.tensor(train.Pixels, [train.Count, train.Channels, train.Height, train.Width], dtype: ScalarType.Byte));
+        var y = torch.tensor(train.Labels.Select(l => (long)l).ToArray());
+        int k = classes.Count == 0 ? 0 : classes.Max() + 1;
+        var means = new Tensor[k];
+        var stds = new Tensor[k];
+        for (int c = 0; c < k; c++)
+        {
+            var xc = x.index_select(0, y.eq(c).nonzero().view(-1));
+            if (xc.shape[0] < 2) throw new ArgumentException($"{train.Name}: class {c} has fewer than 2 images");
+            means[c] = xc.mean([0]);
+            stds[c] = xc.std(0);
+        }
+        var idx = torch.tensor(classes.Select(c => (long)c).ToArray());
+        var mu = torch.stack(means).index_select(0, idx);
+        var sd = torch.stack(stds).index_select(0, idx);
+        var noise = torch.randn(mu.shape, generator: new Generator((ulong)seed));
+        return (mu + sd * noise).clamp(-1, 1).MoveToOuterDisposeScope();
     }
 
     /// <summary>The floor of the Frechet distance: real images (<paramref name="a"/>, e.g. train) against the reference split.</summary>

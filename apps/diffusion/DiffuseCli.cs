@@ -524,6 +524,12 @@ public static class DiffuseCli
                 Console.Error.WriteLine($"floor: {floorCount} real {floor} images vs {reference.Count} {refSplit} images");
                 floorFid = ImageDiffusion.RealFid(clf, real, referenceFeatures);
             }
+            // The simplest class-conditional generator on the same footing: per-class pixel means and variances of the
+            // training split, sampled independently per pixel (ImageDiffusion.PixelGaussianSamples).
+            var baselineClasses = Enumerable.Range(0, n).Select(i => i % gen.Labels.Count).ToArray();
+            (double Fid, double ClassFidelity, double InceptionScore) baseline;
+            using (var baseImages = ImageDiffusion.PixelGaussianSamples(folder.Load("train"), baselineClasses, pr.GetValue(seed)))
+                baseline = ImageDiffusion.Score(clf, baseImages, baselineClasses, referenceFeatures);
             var rows = new List<DiffusionQuality>();
             foreach (int s in stepList)
                 foreach (double g in guidanceList)
@@ -536,6 +542,11 @@ public static class DiffuseCli
                     ["model"] = dir, ["model_type"] = gen.ModelType, ["classifier"] = judgeDir, ["classifier_type"] = clf.ModelType,
                     ["data"] = folder.Dir, ["reference"] = new JsonObject { ["split"] = refSplit, ["count"] = reference.Count },
                     ["floor"] = floorFid is double f ? new JsonObject { ["split"] = floor, ["count"] = floorCount, ["fid"] = f } : null,
+                    ["baseline"] = new JsonObject
+                    {
+                        ["name"] = "per-class pixel Gaussian (train)", ["samples"] = n, ["fid"] = baseline.Fid,
+                        ["class_fidelity"] = baseline.ClassFidelity, ["inception_score"] = baseline.InceptionScore,
+                    },
                     ["seed"] = pr.GetValue(seed), ["device"] = dev.ToString(),
                     ["results"] = new JsonArray(rows.Select(r => (JsonNode?)r.ToJson()).ToArray()),
                 };
@@ -546,6 +557,7 @@ public static class DiffuseCli
             Console.WriteLine($"{"steps",6} {"guidance",8} {"FID",9} {"class fidelity",14} {"IS",7} {"images/s",9}");
             foreach (var r in rows)
                 Console.WriteLine(string.Create(Inv, $"{r.Steps,6} {r.Guidance,8:0.##} {r.Fid,9:0.000} {r.ClassFidelity * 100,13:0.0}% {r.InceptionScore,7:0.00} {r.ImagesPerSecond,9:0.0}"));
+            Console.WriteLine(string.Create(Inv, $"{"pixel Gaussian",-15} {baseline.Fid,9:0.000} {baseline.ClassFidelity * 100,13:0.0}% {baseline.InceptionScore,7:0.00}   (baseline: per-class pixel mean and variance of train)"));
             if (floorFid is double ff)
                 Console.WriteLine(string.Create(Inv, $"{"real " + floor + " vs " + refSplit,-15} {ff,9:0.000}   (floor: {floorCount} real images)"));
             return Cli.Ok;

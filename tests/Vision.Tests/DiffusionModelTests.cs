@@ -146,6 +146,31 @@ public class DiffusionModelTests
     }
 
     [Fact]
+    public void PixelGaussianBaselineHasEachClassMeanAndSpread()
+    {
+        // Class 0: every pixel 50 (no spread); class 1: pixels 100 or 200 with equal counts (mean 150, std 50).
+        var pixels = new byte[20 * 4];
+        var labels = new int[20];
+        for (int i = 0; i < 20; i++)
+        {
+            labels[i] = i % 2;
+            for (int j = 0; j < 4; j++) pixels[i * 4 + j] = (byte)(labels[i] == 0 ? 50 : ((i / 2 + j) % 2 == 0 ? 100 : 200));
+        }
+        var data = new ImageDataset("two", pixels, labels, 1, 2, 2);
+        var classes = Enumerable.Range(0, 4000).Select(i => i % 2).ToArray();
+        using var x = ImageDiffusion.PixelGaussianSamples(data, classes, seed: 3);
+        Assert.Equal(new long[] { 4000, 1, 2, 2 }, x.shape);
+        using var c0 = x.index_select(0, torch.arange(0, 4000, 2));
+        using var c1 = x.index_select(0, torch.arange(1, 4000, 2));
+        Assert.Equal(50 / 127.5 - 1, c0.min().item<float>(), 5);
+        Assert.Equal(50 / 127.5 - 1, c0.max().item<float>(), 5);
+        // unbiased std over 10 images of 100/200: 50 * sqrt(10 / 9)
+        double sd = 50 * Math.Sqrt(10.0 / 9) / 127.5;
+        Assert.Equal(150 / 127.5 - 1, c1.mean().item<float>(), 1);
+        Assert.InRange(c1.std().item<float>(), sd * 0.95, sd * 1.05);
+    }
+
+    [Fact]
     public void TimestepEmbeddingIsTheSinusoidalCode()
     {
         using var t = torch.tensor(new long[] { 0, 7, 999 });
