@@ -435,14 +435,9 @@ public sealed class SashimiResidualBlock : Module<Tensor, Tensor>, ISashimiStep
     public SashimiLayerState AllocateState(long batch, ScalarType dtype, Device device)
     {
         if (layer is not IRecurrentLayer rec) return new SashimiLayerState(null, null);          // FF: stateless
+        // Both S4DBlock and Mamba allocate their state in the precision the model computes in (float64 for a float64
+        // model). The state outlives any dispose scope of the caller: the network's state owns it.
         var inner = rec.AllocateState(batch);
-        // Mamba allocates its state in float32 always; a float64 model (tests, oracles) steps in float64 so that
-        // both modes compute in the same precision. S4D already follows its parameters' dtype.
-        if (dtype == ScalarType.Float64)
-        {
-            if (inner.Conv is { dtype: ScalarType.Float32 } c) { inner.Conv = c.to_type(ScalarType.Float64); c.Dispose(); }
-            if (inner.Ssm.dtype == ScalarType.Float32) { var s = inner.Ssm; inner.Ssm = s.to_type(ScalarType.Float64); s.Dispose(); }
-        }
         inner.Conv?.DetachFromDisposeScope();
         inner.Ssm.DetachFromDisposeScope();
         return new SashimiLayerState(inner, null);
@@ -455,10 +450,7 @@ public sealed class SashimiResidualBlock : Module<Tensor, Tensor>, ISashimiStep
         var z = norm.forward(x);                                                  // (b h)
         if (layer is IRecurrentLayer rec)
         {
-            z = rec.Step(z, state.Inner!);                                        // (b h)
-            // S4DBlock.Step replaces its Ssm tensor (created inside this scope): the state owns it from here on.
-            state.Inner!.Ssm.DetachFromDisposeScope();
-            state.Inner.Conv?.DetachFromDisposeScope();
+            z = rec.Step(z, state.Inner!);                                        // (b h), the state advanced in place
         }
         else
         {

@@ -1,8 +1,10 @@
 // The explicit inference state of one recurrent layer (mamba_simple.py: allocate_inference_cache / step).
 // Shapes (b = batch, d_inner = expanded width, d_conv = conv width, n = state size, h = heads, p = head dim):
-//   Mamba:   Conv (b, d_inner, d_conv)           Ssm (b, d_inner, n)             float32
-//   Mamba2:  Conv (b, d_inner + 2 g n, d_conv)   Ssm (b, h, p, n)                float32
-//   S4D:     Conv null                            Ssm (b, d_model, n/2) complex64
+//   Mamba:   Conv (b, d_inner, d_conv)           Ssm (b, d_inner, n)             float32 (float64 for a float64 model)
+//   Mamba2:  Conv (b, d_inner + 2 g n, d_conv)   Ssm (b, h, p, n)                float32 (float64 for a float64 model)
+//   S4D:     Conv null                            Ssm (b, d_model, n/2) complex64 (complex128 for a float64 model)
+// The SSM state stays float32 under bf16/fp16 weights, as the references keep it; a float64 model (the tests' oracle
+// runs) steps in float64 so that step == forward holds to float64 rounding.
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -108,12 +108,18 @@ public sealed class Mamba : nn.Module<Tensor, Tensor>, IPrefillLayer
         return out_proj.forward(y.transpose(1, 2)).MoveToOuterDisposeScope();   // (b l d_model)
     }
 
+    /// <summary>
+    /// A zero state: Conv (b, d_inner, d_conv), Ssm (b, d_inner, n) on A_log's device; float32 (the SSM state stays in
+    /// fp32 for fp32/bf16/half models, as the references do) except for a float64 model, whose state is float64 so
+    /// that stepping computes in the same precision as <see cref="forward"/>.
+    /// </summary>
     public LayerState AllocateState(long batch)
     {
         var dev = A_log.device;
+        var dtype = A_log.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
         return new LayerState(
-            torch.zeros(new[] { batch, Config.DInner, Config.DConv }, ScalarType.Float32, dev),
-            torch.zeros(new[] { batch, Config.DInner, Config.DState }, ScalarType.Float32, dev));
+            torch.zeros(new[] { batch, Config.DInner, Config.DConv }, dtype, dev),
+            torch.zeros(new[] { batch, Config.DInner, Config.DState }, dtype, dev));
     }
 
     /// <summary>One token (mamba_simple.py step): x (b, d_model) -> (b, d_model); updates state in place.</summary>

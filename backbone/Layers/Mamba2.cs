@@ -103,13 +103,19 @@ public sealed class Mamba2 : nn.Module<Tensor, Tensor>, IPrefillLayer
         return out_proj.forward(yn).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// A zero state: Conv (b, conv_dim, d_conv), Ssm (b, h, p, n) on A_log's device; float32 (the SSM state stays in
+    /// fp32 for fp32/bf16/half models, as the references do) except for a float64 model, whose state is float64 so
+    /// that stepping computes in the same precision as <see cref="forward"/>.
+    /// </summary>
     public LayerState AllocateState(long batch)
     {
         var dev = A_log.device;
         var c = Config;
+        var dtype = A_log.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
         return new LayerState(
-            torch.zeros(new[] { batch, c.ConvDim, c.DConv }, ScalarType.Float32, dev),
-            torch.zeros(new[] { batch, c.NHeads, c.HeadDim, c.DState }, ScalarType.Float32, dev));
+            torch.zeros(new[] { batch, c.ConvDim, c.DConv }, dtype, dev),
+            torch.zeros(new[] { batch, c.NHeads, c.HeadDim, c.DState }, dtype, dev));
     }
 
     /// <summary>One token (mamba2.py step): x (b, d_model) -> (b, d_model); updates state in place. The dt limit applies

@@ -2,6 +2,15 @@
 //
 //   u (b, l, h) --transpose--> (b, h, l) --[ K * u + D u ]--> GELU --> dropout --> Conv1d(h -> 2h, k=1) --> GLU --> (b, l, h)
 //   where K = S4DKernel.Kernel(log_dt, log_A_real, A_imag, C, l)  (h, l)
+// The 1x1 Conv1d is a position-wise linear map; it is applied as F.linear with weight.squeeze(-1) (2h, h) on the
+// (b, l, h) layout (the same math; libtorch's conv path prints "Could not initialize NNPACK!" on every call on CPUs
+// without NNPACK support, and the linear needs no transposes). The Conv1d module stays, so the state dict is s4d.py's.
+//
+// Recurrent mode: AllocateState also discretises the parameters once (A_bar, B_bar, 2C; S4DKernel.Discretize) and
+// Step reuses that cache, so a step is a handful of small ops. The cache is rebuilt by every AllocateState and
+// whenever a parameter tensor is replaced (Module.to(dtype / device)); parameters changed in place (an optimizer
+// step, load_state_dict) are NOT seen: the parameters must not change while a state is in use (allocate a new state,
+// or call ResetStepCache, after changing them). Step is inference only: it runs without autograd.
 //
 // Shapes: b batch, l length, h = d_model (the number of independent SSMs), n = d_state (n/2 complex pairs).
 // Unlike s4d.py's default (transposed=True, (B, H, L)), this layer takes and returns (b, l, h), the layout of the
@@ -119,6 +128,10 @@ public sealed class S4DBlock : Module<Tensor, Tensor>, IRecurrentLayer
     private readonly Sequential output_linear;                     // Conv1d(h, 2h, 1), GLU(dim=-2)
 #pragma warning restore IDE1006
 
+    // The discretisation for Step (not a module field: RegisterComponents must not see it). Null until the first
+    // AllocateState / Step; rebuilt by AllocateState, ResetStepCache, or when a parameter tensor is replaced.
+    private StepCache? stepCache;
+
     /// <param name="dModel">h, the model width.</param>
     /// <param name="dState">n, the state size (even).</param>
     /// <param name="dtMin">smallest initial step size.</param>
@@ -160,45 +173,112 @@ public sealed class S4DBlock : Module<Tensor, Tensor>, IRecurrentLayer
         using var k = kernel.Kernel(l);                                                   // (h l)
         using var yConv = S4DKernel.FftConv(u, k);                                        // (b h l)
         using var dCol = D.unsqueeze(-1);                                                 // (h 1)
-        using var skip = u * dCol;                                                        // (b h l)  D u
-        using var y = yConv + skip;                                                       // (b h l)
+        using var y = torch.addcmul(yConv, u, dCol, 1);                                   // (b h l)  K * u + D u
         using var act = activation.call(y);                                               // (b h l)
-        using var dropped = dropout.call(act);                                            // (b h l)
-        using var mixed = output_linear.call(dropped);                                    // (b h l)
-        using var back = mixed.transpose(-1, -2);                                         // (b l h)
-        return back.contiguous();                                                         // (b l h)
+        using var dropped = dropout.call(act);                                            // (b h l)  mask tied over l
+        using var back = dropped.transpose(-1, -2);                                       // (b l h)
+        return OutputLinear(back);                                                        // (b l h)
     }
 
-    /// <summary>A zero state: Conv null, Ssm (b, h, n/2) complex (complex64 for float32 parameters) on the layer's device.</summary>
+    /// <summary>
+    /// output_linear on the (..., h) layout: GLU( z W^T + bias ) over the last dim, W = output_linear.0.weight
+    /// squeezed to (2h, h); the same as s4d.py's Conv1d(h, 2h, 1) + GLU(dim=-2) on (..., h, l).
+    /// </summary>
+    private Tensor OutputLinear(Tensor z)
+    {
+        var conv = (Conv1d)output_linear[0];
+        using var w = conv.weight!.squeeze(-1);                                           // (2h h)
+        using var mixed = nn.functional.linear(z, w, conv.bias);                          // (... 2h)
+        return nn.functional.glu(mixed, -1);                                              // (... h)  first half * sigmoid(second)
+    }
+
+    /// <summary>
+    /// A zero state: Conv null, Ssm (b, h, n/2) complex (complex64 for float32 parameters, complex128 for float64) on
+    /// the layer's device. Also (re)computes the discretisation that <see cref="Step"/> reuses, from the current
+    /// parameters: they must not change while the state is in use.
+    /// </summary>
     public LayerState AllocateState(long batch)
     {
         if (batch < 1) throw new ArgumentOutOfRangeException(nameof(batch), batch, "batch must be at least 1");
+        ResetStepCache();
         var complexType = D.dtype == ScalarType.Float64 ? ScalarType.ComplexFloat64 : ScalarType.ComplexFloat32;
         var ssm = torch.zeros(batch, Config.DModel, Config.DState / 2, dtype: complexType, device: D.device); // (b h n/2)
         return new LayerState(null, ssm);
     }
 
+    /// <summary>Drops the cached discretisation; the next <see cref="Step"/> recomputes it from the current parameters.</summary>
+    public void ResetStepCache()
+    {
+        stepCache?.Dispose();
+        stepCache = null;
+    }
+
     /// <summary>
-    /// Recurrent mode, one token: x (b, h) -> y (b, h); replaces <paramref name="state"/>.Ssm with the new state
-    /// (the old tensor is disposed). Inference path: dropout is not applied (as in eval mode).
+    /// Recurrent mode, one token: x (b, h) -> y (b, h); updates <paramref name="state"/>.Ssm in place (the same tensor
+    /// before and after), x &lt;- A_bar x + B_bar u. Inference only: runs without autograd, dropout is not applied (as
+    /// in eval mode), and A_bar, B_bar come from the discretisation cached by <see cref="AllocateState"/>.
     /// </summary>
     public Tensor Step(Tensor x, LayerState state)
     {
         CheckInput(x, 2, "(b, h)");
-        var (aBar, bBar) = kernel.Discretize();                                           // (h n/2), (h n/2)
-        using var ab = aBar;
-        using var bb = bBar;
-        using var cc = kernel.ComplexC();                                                 // (h n/2)
-        var (ySsm, next) = S4DKernel.Step(state.Ssm, x, ab, bb, cc);                      // (b h), (b h n/2)
-        using var ys = ySsm;
-        state.Ssm.Dispose();
-        state.Ssm = next;                                                                 // (b h n/2)
-        using var skip = x * D;                                                           // (b h)  D u
-        using var y = ys + skip;                                                          // (b h)
+        var ssm = state.Ssm;
+        if (ssm.dim() != 3 || ssm.size(1) != Config.DModel || ssm.size(2) != Config.DState / 2 || ssm.size(0) != x.size(0) || !ssm.is_complex())
+            throw new ArgumentException($"S4DBlock state must be complex (b, h, n/2) = ({x.size(0)}, {Config.DModel}, {Config.DState / 2}), got {ssm.dtype} [{string.Join(", ", ssm.shape)}]", nameof(state));
+        using var noGrad = torch.no_grad();
+        var cache = CurrentStepCache();
+        using var ySsm = S4DKernel.StepInPlace(ssm, x, cache.ABar, cache.BBar, cache.C2); // (b h)     2 Re(C x')
+        using var y = torch.addcmul(ySsm, x, D, 1);                                       // (b h)     + D u
         using var act = activation.call(y);                                               // (b h)
-        using var y3 = act.unsqueeze(-1);                                                 // (b h 1)
-        using var mixed = output_linear.call(y3);                                         // (b h 1)
-        return mixed.squeeze(-1);                                                         // (b h)
+        return OutputLinear(act);                                                         // (b h)
+    }
+
+    /// <summary>The cached discretisation, rebuilt when missing or when a parameter tensor was replaced (to(dtype/device)).</summary>
+    private StepCache CurrentStepCache()
+    {
+        if (stepCache is null || !stepCache.Matches(kernel))
+        {
+            stepCache?.Dispose();
+            stepCache = StepCache.Build(kernel);
+        }
+        return stepCache;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) ResetStepCache();
+        base.Dispose(disposing);
+    }
+
+    /// <summary>A_bar, B_bar and 2C (each (h, n/2) complex, detached) of one set of kernel parameters.</summary>
+    private sealed class StepCache : IDisposable
+    {
+        private readonly Tensor[] source;                                                  // the parameters it was built from
+
+        private StepCache(Tensor aBar, Tensor bBar, Tensor c2, Tensor[] source)
+        {
+            ABar = aBar; BBar = bBar; C2 = c2; this.source = source;
+        }
+
+        public Tensor ABar { get; }
+        public Tensor BBar { get; }
+        public Tensor C2 { get; }
+
+        public static StepCache Build(S4DKernelParameters p)
+        {
+            using var noGrad = torch.no_grad();
+            using var scope = torch.NewDisposeScope();
+            var (aBar, bBar) = p.Discretize();                                            // (h n/2), (h n/2)
+            var c2 = p.ComplexC() * 2.0;                                                  // (h n/2)  2 C: the conjugate half
+            return new StepCache(aBar.DetachFromDisposeScope(), bBar.DetachFromDisposeScope(), c2.DetachFromDisposeScope(),
+                [p.LogDt, p.LogAReal, p.AImag, p.CReal]);
+        }
+
+        /// <summary>True while the module still holds the same parameter tensors (to(dtype / device) replaces them).</summary>
+        public bool Matches(S4DKernelParameters p) =>
+            ReferenceEquals(source[0], p.LogDt) && ReferenceEquals(source[1], p.LogAReal)
+            && ReferenceEquals(source[2], p.AImag) && ReferenceEquals(source[3], p.CReal);
+
+        public void Dispose() { ABar.Dispose(); BBar.Dispose(); C2.Dispose(); }
     }
 
     private void CheckInput(Tensor x, int dims, string expected)
