@@ -365,9 +365,9 @@ public static class Classification
         var (mean, std) = NormalizationTensors(clf.Spec, device);
         using var meanT = mean;
         using var stdT = std;
-        // Weight decay: the Trainer builds its AdamW with AdamW.DefaultDecay and cannot take another rule yet, so
-        // clf.Arch.Decay (Vim's and VMamba's own rules, which also spare A_b_log / A_logs and the class token) is unused
-        // here until it can; DefaultDecay already spares biases, norms, A_log, D and embeddings.
+        // Weight decay follows the architecture's own rule (Vim and VMamba also spare A_b_log / A_logs, the class token
+        // and the position embedding) unless the caller chose one.
+        options = options with { Decay = options.Decay ?? clf.Arch.Decay };
         var trainer = new Trainer(clf.Model, options, (step, micro, rng) =>
         {
             var idx = torch.tensor(sampler.Batch(step * options.Accumulation + micro).Select(i => (long)i).ToArray(), device: device);

@@ -29,6 +29,8 @@ public sealed record TrainOptions
     public double Beta2 { get; init; } = 0.95;
     public double Eps { get; init; } = 1e-8;
     public long WarmupSteps { get; init; }
+    /// <summary>Which parameters get weight decay, by state-dict name (null: AdamW.DefaultDecay).</summary>
+    public Func<string, Tensor, bool>? Decay { get; init; }
     /// <summary>The cosine schedule ends at this fraction of the peak rate.</summary>
     public double MinLrRatio { get; init; } = 0.1;
     /// <summary>Global gradient-norm clip (0: none).</summary>
@@ -87,7 +89,7 @@ public sealed class Trainer
         if (options.Accumulation <= 0) throw new ArgumentOutOfRangeException(nameof(options), "Accumulation must be positive");
         _onCuda = model.parameters().Any(p => p.device_type == DeviceType.CUDA);
         Optimizer = new AdamW(model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)), options.WeightDecay,
-            options.Beta1, options.Beta2, options.Eps);
+            options.Beta1, options.Beta2, options.Eps, options.Decay);
     }
 
     /// <summary>A seed for (run seed, step): different steps get unrelated streams.</summary>

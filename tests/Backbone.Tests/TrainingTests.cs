@@ -26,6 +26,27 @@ public class TrainingTests
     }
 
     [Fact]
+    public void TrainerAppliesTheCallersWeightDecayRule()
+    {
+        // With a zero gradient only decoupled weight decay moves a weight: w <- w (1 - lr wd) per step (AdamW, Loshchilov
+        // & Hutter alg. 2). The default rule decays the 2-D weight; a rule that spares it leaves it exactly unchanged.
+        foreach (bool spare in new[] { false, true })
+        {
+            torch.manual_seed(2);
+            using var lin = nn.Linear(3, 2);
+            using var w0 = lin.weight!.detach().clone();
+            var options = new TrainOptions
+            {
+                Steps = 3, LearningRate = 0.1, WeightDecay = 0.5, WarmupSteps = 0, MinLrRatio = 1, GradClip = 0, LogEvery = 0,
+                Decay = spare ? (name, _) => name != "weight" : null,
+            };
+            new Trainer(lin, options, (_, _, _) => ((lin.weight! * 0).sum() + (lin.bias! * 0).sum(), 1), () => new JsonObject()).Run();
+            using var expected = spare ? w0.clone() : w0 * Math.Pow(1 - 0.1 * 0.5, 3);
+            Assert.True(lin.weight!.detach().allclose(expected, 1e-6, 1e-7), $"spare={spare}");
+        }
+    }
+
+    [Fact]
     public void AdamWMatchesTorchOptimAdamW()
     {
         var g = new torch.Generator(11);
