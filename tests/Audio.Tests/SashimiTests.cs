@@ -13,18 +13,6 @@ public class SashimiTests
 {
     // ---------------------------------------------------------------- helpers
 
-    /// <summary>max |a - b| / max |b| in float64.</summary>
-    private static double RelErr(Tensor a, Tensor b)
-    {
-        using var scope = torch.NewDisposeScope();
-        var a64 = a.detach().to_type(ScalarType.Float64).cpu();
-        var b64 = b.detach().to_type(ScalarType.Float64).cpu();
-        Assert.Equal(b64.shape, a64.shape);
-        double den = b64.abs().max().item<double>();
-        Assert.True(den > 0, "reference is all zeros: the comparison would prove nothing");
-        return (a64 - b64).abs().max().item<double>() / den;
-    }
-
     private static double MaxAbsDiff(Tensor a, Tensor b)
     {
         using var d = a - b;
@@ -93,7 +81,7 @@ public class SashimiTests
         using var state = model.AllocateState(b);
         using var rec = StepThrough(model, ids, state);                            // (b l V)
         Assert.Equal(l, state.Steps);
-        double err = RelErr(rec, conv);
+        double err = TestUtil.RelErr(rec, conv);
         Assert.True(err <= tol, $"{variant} {dtype}: convolution vs recurrent rel. error {err:E3} > {tol:E1}");
     }
 

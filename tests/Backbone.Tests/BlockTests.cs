@@ -3,7 +3,7 @@ using Ssm.Backbone.Models;
 using Ssm.Backbone.Scans;
 using TorchSharp;
 using static TorchSharp.torch;
-using static Backbone.Tests.TestUtil;
+using static Ssm.Tests.TestUtil;
 
 namespace Backbone.Tests;
 

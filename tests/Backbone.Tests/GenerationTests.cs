@@ -6,7 +6,7 @@ using Ssm.Backbone.Layers;
 using Ssm.Backbone.Models;
 using TorchSharp;
 using static TorchSharp.torch;
-using static Backbone.Tests.TestUtil;
+using static Ssm.Tests.TestUtil;
 
 namespace Ssm.Backbone.Tests;
 

@@ -10,7 +10,7 @@ using Ssm.Backbone.Scans;
 using TorchSharp.Modules;
 using TorchSharp;
 using static TorchSharp.torch;
-using static Backbone.Tests.TestUtil;
+using static Ssm.Tests.TestUtil;
 
 public class S4DTests
 {

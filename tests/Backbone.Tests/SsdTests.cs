@@ -8,7 +8,7 @@ using Ssm.Backbone.Scans;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
-using static Backbone.Tests.TestUtil;
+using static Ssm.Tests.TestUtil;
 
 namespace Ssm.Backbone.Tests;
 

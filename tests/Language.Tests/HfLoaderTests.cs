@@ -33,24 +33,6 @@ public class HfLoaderTests
         public void Dispose() { foreach (var t in _t.Values) t.Dispose(); }
     }
 
-    /// <summary>max |a - b| / max |b| in float64.</summary>
-    static double RelErr(Tensor a, Tensor b)
-    {
-        using var scope = torch.NewDisposeScope();
-        Assert.Equal(b.shape, a.shape);
-        var a64 = a.detach().cpu().to_type(ScalarType.Float64);
-        var b64 = b.detach().cpu().to_type(ScalarType.Float64);
-        double den = b64.abs().max().item<double>();
-        Assert.True(den > 0, "reference is all zeros");
-        return (a64 - b64).abs().max().item<double>() / den;
-    }
-
-    static void Close(Tensor actual, Tensor expected, double tol, string what)
-    {
-        double e = RelErr(actual, expected);
-        Assert.True(e <= tol, $"{what}: relative error {e:E3} > {tol:E1}");
-    }
-
     /// <summary>Bit-for-bit equal values and shapes.</summary>
     static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
 
@@ -72,7 +54,7 @@ public class HfLoaderTests
         using var r = Reference.Of(name);
         using var model = HfMamba.Load(Fixture(name));
         using var _ = torch.no_grad();
-        Close(model.forward(r.Ids), r.Logits, 1e-4, $"{name} forward");
+        TestUtil.Close(model.forward(r.Ids), r.Logits, 1e-4, $"{name} forward");
     }
 
     [Theory]
@@ -83,21 +65,21 @@ public class HfLoaderTests
         using var model = HfMamba.Load(Fixture(name));
         using var _ = torch.no_grad();
         // transformers' own recurrent path: its prefill over the prompt, then one cached step per token.
-        Close(PrefillThenStep(model, r.Ids, r.PromptLen), r.CacheLogits, 1e-4, $"{name} prefill + step");
+        TestUtil.Close(PrefillThenStep(model, r.Ids, r.PromptLen), r.CacheLogits, 1e-4, $"{name} prefill + step");
         // Splitting anywhere else gives the same logits (a prefill of one token; of all but one).
         var full = model.forward(r.Ids);
         var stepRef = HasDtLimit(name) ? PrefillThenStep(model, r.Ids, r.PromptLen) : full;
         if (!HasDtLimit(name))
         {
-            Close(PrefillThenStep(model, r.Ids, 1), full, 1e-4, $"{name} prefill 1 + steps");
-            Close(PrefillThenStep(model, r.Ids, (int)r.Ids.shape[1] - 1), full, 1e-4, $"{name} prefill T-1 + step");
+            TestUtil.Close(PrefillThenStep(model, r.Ids, 1), full, 1e-4, $"{name} prefill 1 + steps");
+            TestUtil.Close(PrefillThenStep(model, r.Ids, (int)r.Ids.shape[1] - 1), full, 1e-4, $"{name} prefill T-1 + step");
         }
         else
         {
             // With a finite time_step_limit the references clamp dt in the forward but not in the step: the
             // recurrent logits differ from the forward's (as transformers' own do) and agree with transformers'.
-            Assert.True(RelErr(r.CacheLogits, r.Logits) > 1e-3, "fixture lost the time_step_limit");
-            Assert.True(RelErr(stepRef, full) > 1e-3, "Step clamps dt like the forward; transformers' step does not");
+            Assert.True(TestUtil.RelErr(r.CacheLogits, r.Logits) > 1e-3, "fixture lost the time_step_limit");
+            Assert.True(TestUtil.RelErr(stepRef, full) > 1e-3, "Step clamps dt like the forward; transformers' step does not");
         }
     }
 
@@ -193,7 +175,7 @@ public class HfLoaderTests
             Assert.Equal(100, model.Config.PaddedVocab);
             Assert.Equal(HfCheckpointFormat.StateSpaces, HfMamba.ReadConfig(dir).Format);
             using var _ = torch.no_grad();
-            Close(model.forward(r.Ids), r.Logits, 1e-4, "state-spaces Mamba");
+            TestUtil.Close(model.forward(r.Ids), r.Logits, 1e-4, "state-spaces Mamba");
         }
         finally { Directory.Delete(dir, true); }
     }
@@ -223,8 +205,8 @@ public class HfLoaderTests
             using var model = HfMamba.Load(dir);
             Assert.True(model.Config.Mamba2OrDefault.NormPerGroup);      // mamba_ssm semantics (one group here)
             using var _ = torch.no_grad();
-            Close(model.forward(r.Ids), r.Logits, 1e-4, "state-spaces Mamba-2");
-            Close(PrefillThenStep(model, r.Ids, r.PromptLen), r.CacheLogits, 1e-4, "state-spaces Mamba-2 steps");
+            TestUtil.Close(model.forward(r.Ids), r.Logits, 1e-4, "state-spaces Mamba-2");
+            TestUtil.Close(PrefillThenStep(model, r.Ids, r.PromptLen), r.CacheLogits, 1e-4, "state-spaces Mamba-2 steps");
         }
         finally { Directory.Delete(dir, true); }
     }
@@ -252,7 +234,7 @@ public class HfLoaderTests
                     expect[i] = w[g * 4 + k] * xa[i] / Math.Sqrt(ms + 1e-5) * za[i] / (1 + Math.Exp(-za[i]));
                 }
             }
-        Close(norm.forward(x, z), torch.tensor(expect).reshape(3, 8), 1e-6, "norm before gate");
+        TestUtil.Close(norm.forward(x, z), torch.tensor(expect).reshape(3, 8), 1e-6, "norm before gate");
     }
 
     // ---------------------------------------------------------------------------------------------------------
@@ -271,7 +253,7 @@ public class HfLoaderTests
             using var r = Reference.Of(name);
             using var model = HfMamba.Load(dir);
             using var _ = torch.no_grad();
-            Close(model.forward(r.Ids), r.Logits, 1e-4, name);
+            TestUtil.Close(model.forward(r.Ids), r.Logits, 1e-4, name);
         }
         finally { Directory.Delete(dir, true); }
     }
@@ -293,7 +275,7 @@ public class HfLoaderTests
             using var r = Reference.Of("mamba2_g1");
             using var model = HfMamba.Load(dir);
             using var _ = torch.no_grad();
-            Close(model.forward(r.Ids), r.Logits, 1e-4, "bare Infinity, no prefix");
+            TestUtil.Close(model.forward(r.Ids), r.Logits, 1e-4, "bare Infinity, no prefix");
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -81,7 +81,7 @@ public class VMambaTests
             // With an identity core, merge(scan(x)) = 4 x.
             var x = torch.randn(b, c, h, w);
             var back = CrossScan.Merge(CrossScan.Scan(x), h, w);
-            Assert.True(VisionCheck.RelErr(back, 4 * x.flatten(2)) < 1e-6);
+            Assert.True(TestUtil.RelErr(back, 4 * x.flatten(2)) < 1e-6);
         }
         Assert.Throws<ArgumentException>(() => CrossScan.Merge(torch.randn(1, 4, 2, 11), 3, 4));
         Assert.Throws<ArgumentException>(() => CrossScan.Scan(torch.randn(2, 3, 4)));
@@ -137,7 +137,7 @@ public class VMambaTests
             foreach (var impl in new[] { ScanImpl.Fused, ScanImpl.Chunked })
             {
                 m.Scan = impl;
-                double err = VisionCheck.RelErr(m.forward(x), expected);
+                double err = TestUtil.RelErr(m.forward(x), expected);
                 Assert.True(err < 2e-5, $"dim {dim}, {h}x{w}, {impl}: relative error {err:E2}");
             }
         }
@@ -161,9 +161,9 @@ public class VMambaTests
         m.dt_projs_bias[0] += 1.0;
         var y0 = m.forward(x);
         m.dt_projs_bias.copy_(saved);
-        Assert.True(VisionCheck.RelErr(y3, y) > 1e-4);
-        Assert.True(VisionCheck.RelErr(y0, y) > 1e-4);
-        Assert.True(VisionCheck.RelErr(y3, y0) > 1e-4);
+        Assert.True(TestUtil.RelErr(y3, y) > 1e-4);
+        Assert.True(TestUtil.RelErr(y0, y) > 1e-4);
+        Assert.True(TestUtil.RelErr(y3, y0) > 1e-4);
     }
 
     /// <summary>VSSM's parameter count from its architecture (vmamba.py v1: PatchEmbed2D, VSSBlock, PatchMerging2D).</summary>
@@ -272,9 +272,9 @@ public class VMambaTests
         using var noGrad = torch.no_grad();
         var x = torch.randn(8, 1, 8, 8);
         model.eval();
-        Assert.Equal(0.0, VisionCheck.RelErr(model.forward(x), model.forward(x)));
+        Assert.Equal(0.0, TestUtil.RelErr(model.forward(x), model.forward(x)));
         model.train();
-        Assert.True(VisionCheck.RelErr(model.forward(x), model.forward(x)) > 1e-6, "training-mode forward is deterministic: no drop path");
+        Assert.True(TestUtil.RelErr(model.forward(x), model.forward(x)) > 1e-6, "training-mode forward is deterministic: no drop path");
         var rates = model.layers.SelectMany(s => s.blocks.Select(blk => blk.DropPath)).ToArray();
         Assert.Equal(new[] { 0.0, 0.2, 0.4, 0.6 }, rates, (a, b) => Math.Abs(a - b) < 1e-12);
     }

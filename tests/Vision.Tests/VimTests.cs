@@ -13,18 +13,6 @@ namespace Ssm.Vision.Tests;
 /// <summary>Helpers shared by the vision model tests.</summary>
 static class VisionCheck
 {
-    /// <summary>max |a - b| / max |b| in float64 (b the reference, not all zero).</summary>
-    public static double RelErr(Tensor a, Tensor b)
-    {
-        using var scope = torch.NewDisposeScope();
-        var a64 = a.detach().to_type(ScalarType.Float64).cpu();
-        var b64 = b.detach().to_type(ScalarType.Float64).cpu();
-        Assert.Equal(b64.shape, a64.shape);
-        double den = b64.abs().max().item<double>();
-        Assert.True(den > 0, "reference is all zeros: the comparison would prove nothing");
-        return (a64 - b64).abs().max().item<double>() / den;
-    }
-
     public static long CountParameters(nn.Module m) => m.parameters().Sum(p => p.numel());
 
     public static Tensor F64(Tensor t) => t.detach().to_type(ScalarType.Float64);
@@ -131,7 +119,7 @@ public class VimTests
             foreach (var impl in new[] { ScanImpl.Fused, ScanImpl.Chunked, ScanImpl.Reference })
             {
                 m.Scan = impl;
-                double err = VisionCheck.RelErr(m.forward(x), expected);
+                double err = TestUtil.RelErr(m.forward(x), expected);
                 Assert.True(err < 2e-5, $"d_model {dModel}, l {l}, {impl}: relative error {err:E2}");
             }
         }
@@ -171,10 +159,10 @@ public class VimTests
         var x = torch.randn(2, 19, 24);
         var lhs = m.forward(Flip(x));
         var rhs = Flip(swapped.forward(x));
-        double err = VisionCheck.RelErr(lhs, rhs);
+        double err = TestUtil.RelErr(lhs, rhs);
         Assert.True(err < 1e-5, $"M(flip x) vs flip(M_swapped(x)): relative error {err:E2}");
         // And the property is not trivial: the mixer is not flip-equivariant with its own parameters.
-        Assert.True(VisionCheck.RelErr(m.forward(Flip(x)), Flip(m.forward(x))) > 1e-2, "the two directions have identical parameters");
+        Assert.True(TestUtil.RelErr(m.forward(Flip(x)), Flip(m.forward(x))) > 1e-2, "the two directions have identical parameters");
     }
 
     [Fact]
@@ -192,8 +180,8 @@ public class VimTests
         var y = m.forward(x);
         var xLast = x.clone(); xLast[0, -1] = torch.randn(16);
         var xFirst = x.clone(); xFirst[0, 0] = torch.randn(16);
-        Assert.True(VisionCheck.RelErr(m.forward(xLast)[0, 0], y[0, 0]) > 1e-5, "no information flows backward");
-        Assert.True(VisionCheck.RelErr(m.forward(xFirst)[0, -1], y[0, -1]) > 1e-5, "no information flows forward");
+        Assert.True(TestUtil.RelErr(m.forward(xLast)[0, 0], y[0, 0]) > 1e-5, "no information flows backward");
+        Assert.True(TestUtil.RelErr(m.forward(xFirst)[0, -1], y[0, -1]) > 1e-5, "no information flows forward");
     }
 
     /// <summary>Vim's parameter count from its architecture (models_mamba.py, mamba_simple.py v2).</summary>
@@ -290,12 +278,12 @@ public class VimTests
         var y = model.forward(x);
         var first = x.clone(); first[0, 0, ..4, ..4] = torch.randn(4, 4);
         var last = x.clone(); last[0, 0, 12.., 12..] = torch.randn(4, 4);
-        Assert.True(VisionCheck.RelErr(model.forward(first), y) > 1e-4, "the first patch does not reach the class token");
-        Assert.True(VisionCheck.RelErr(model.forward(last), y) > 1e-4, "the last patch does not reach the class token");
+        Assert.True(TestUtil.RelErr(model.forward(first), y) > 1e-4, "the first patch does not reach the class token");
+        Assert.True(TestUtil.RelErr(model.forward(last), y) > 1e-4, "the last patch does not reach the class token");
         // pos_embed row m/2 belongs to the class token: perturbing only that row changes the output.
         var saved = model.pos_embed.clone();
         model.pos_embed[0, model.TokenPosition] += 1.0;
-        Assert.True(VisionCheck.RelErr(model.forward(x), y) > 1e-4);
+        Assert.True(TestUtil.RelErr(model.forward(x), y) > 1e-4);
         model.pos_embed.copy_(saved);
     }
 
@@ -326,9 +314,9 @@ public class VimTests
         using var noGrad = torch.no_grad();
         var x = torch.randn(8, 1, 8, 8);
         model.eval();
-        Assert.Equal(0.0, VisionCheck.RelErr(model.forward(x), model.forward(x)));
+        Assert.Equal(0.0, TestUtil.RelErr(model.forward(x), model.forward(x)));
         model.train();
-        Assert.True(VisionCheck.RelErr(model.forward(x), model.forward(x)) > 1e-6, "training-mode forward is deterministic: no drop path");
+        Assert.True(TestUtil.RelErr(model.forward(x), model.forward(x)) > 1e-6, "training-mode forward is deterministic: no drop path");
         var rates = model.layers.Select(l => l.DropPath).ToArray();
         Assert.Equal(new[] { 0.0, 0.5 / 3, 1.0 / 3, 0.5 }, rates, (a, b) => Math.Abs(a - b) < 1e-12);
     }

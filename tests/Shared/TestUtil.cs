@@ -1,9 +1,10 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Backbone.Tests;
+// Linked into every test project (with a global using of Ssm.Tests): the numeric comparisons all tests share.
+namespace Ssm.Tests;
 
-/// <summary>Helpers shared by the backbone tests.</summary>
+/// <summary>Helpers shared by the tests of every library.</summary>
 static class TestUtil
 {
     /// <summary>max |a - b| / max |b|, computed in float64.</summary>
