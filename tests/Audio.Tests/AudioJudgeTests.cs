@@ -125,8 +125,10 @@ public sealed class AudioJudgeTests : IDisposable
         // Default ceiling: as many training clips as test clips (12 of 14).
         var report = AudioJudge.Judge(clf, dir, ds);
         Assert.Equal(12, report.Ceiling.FidCount);
-        using var scale = clf.FeaturesAndProbs(ds.LoadSplit("test", Rate, 0.5).Audio).Features;
-        double spread = scale.var([0]).sum().item<float>();                              // tr(Sigma): the FID's scale
+        using var test = ds.LoadSplit("test", Rate, 0.5);
+        var (features, probs) = clf.FeaturesAndProbs(test.Audio);
+        double spread;                                                                   // tr(Sigma): the FID's scale
+        using (features) using (probs) spread = features.var([0]).sum().item<float>();
         Assert.True(Math.Abs(report.Generated.Fid!.Value) < 1e-6 * Math.Max(1, spread), $"FID {report.Generated.Fid} (scale {spread})");
         Close(report.Ceiling.InceptionScore, report.Generated.InceptionScore, "IS");
         Close(report.Ceiling.ModifiedInceptionScore, report.Generated.ModifiedInceptionScore, "mIS");

@@ -60,6 +60,25 @@ public sealed class DigitClassifierTests : IDisposable
         Assert.Throws<ArgumentException>(() => clf.Model.call(randn(4000)));
     }
 
+    [Theory]
+    [InlineData(2, 63)]
+    [InlineData(2, 64)]
+    [InlineData(3, 10)]
+    [InlineData(1, 5)]
+    public void TheStemEqualsItsConv1d(long stride, long frames)
+    {
+        // Stem computes the stem's Conv1d (kernel 3, padding 1) as windows x matrix: compare with the module itself.
+        torch.manual_seed(7);
+        var c = Small with { StemStride = stride, DModel = 8 };
+        using var clf = DigitClassifier.Create(c, Labels);
+        using var x = randn(2, frames, c.NMels);                                        // (b t m)
+        using var want = clf.Model.stem.forward(x.transpose(1, 2)).transpose(1, 2);     // (b l d)
+        using var got = clf.Model.Stem(x);
+        Assert.Equal(want.shape, got.shape);
+        Assert.True(got.allclose(want, 1e-5, 1e-5));
+        Assert.Equal(c.Tokens((frames - 1) * c.HopLength), got.shape[1]);
+    }
+
     [Fact]
     public void HeadOfFeaturesIsTheLogitsAndBatchingChangesNothing()
     {
@@ -218,7 +237,7 @@ public sealed class DigitClassifierTests : IDisposable
     }
 }
 
-static class JsonTestExtensions
+static class DigitClassifierJsonExtensions
 {
     public static JsonObject Also(this JsonObject o, Action<JsonObject> edit)
     {
