@@ -253,18 +253,11 @@ public sealed class AudioModel : IDisposable
         var json = ModelFolder.ReadConfig(dir);
         var (arch, config, rate, quantization, bits) = ParseConfig(json, Path.Combine(dir, ModelFolder.ConfigFile));
         var model = new AudioModel(arch, config, rate, quantization, bits);
-        try
+        return ModelFolder.LoadOwned(dir, model, model.Model, m =>
         {
-            ModelFolder.LoadWeights(dir, model.Model);
-            if (device is not null) model.To(device);
-            model.Model.eval();
-            return model;
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
+            if (device is not null) m.To(device);
+            m.Model.eval();
+        });
     }
 
     /// <summary>Validates a config.json object; every problem is an InvalidDataException naming <paramref name="path"/>.</summary>

@@ -360,18 +360,11 @@ public sealed class DigitClassifier : IDisposable
         if (!Directory.Exists(dir)) throw new InvalidDataException($"{dir}: classifier folder not found");
         var (config, labels) = ParseConfig(ModelFolder.ReadConfig(dir), Path.Combine(dir, ModelFolder.ConfigFile));
         var clf = new DigitClassifier(config, labels);
-        try
+        return ModelFolder.LoadOwned(dir, clf, clf.Model, m =>
         {
-            ModelFolder.LoadWeights(dir, clf.Model);
-            if (device is not null) clf.To(device);
-            clf.Model.eval();
-            return clf;
-        }
-        catch
-        {
-            clf.Dispose();
-            throw;
-        }
+            if (device is not null) m.To(device);
+            m.Model.eval();
+        });
     }
 
     /// <summary>Validates a config.json object; every problem is an InvalidDataException naming <paramref name="path"/>.</summary>

@@ -140,18 +140,11 @@ public sealed class ImageClassifier : IDisposable
         string path = Path.Combine(dir, ModelFolder.ConfigFile);
         var (arch, config, labels, spec) = ParseConfig(json, path);
         var clf = new ImageClassifier(arch, config, labels, spec);
-        try
+        return ModelFolder.LoadOwned(dir, clf, clf.Model, m =>
         {
-            ModelFolder.LoadWeights(dir, clf.Model);
-            if (device is not null) clf.To(device);
-            clf.Model.eval();
-            return clf;
-        }
-        catch
-        {
-            clf.Dispose();
-            throw;
-        }
+            if (device is not null) m.To(device);
+            m.Model.eval();
+        });
     }
 
     /// <summary>Validates a config.json object; every problem is an InvalidDataException naming <paramref name="path"/>.</summary>

@@ -157,18 +157,11 @@ public sealed class ImageDiffusion : IDisposable
         var json = ModelFolder.ReadConfig(dir);
         string path = Path.Combine(dir, ModelFolder.ConfigFile);
         var gen = FromConfig(json, path);
-        try
+        return ModelFolder.LoadOwned(dir, gen, gen.Model, m =>
         {
-            ModelFolder.LoadWeights(dir, gen.Model);
-            if (device is not null) gen.To(device);
-            gen.Model.eval();
-            return gen;
-        }
-        catch
-        {
-            gen.Dispose();
-            throw;
-        }
+            if (device is not null) m.To(device);
+            m.Model.eval();
+        });
     }
 
     static ImageDiffusion FromConfig(JsonObject json, string path)

@@ -93,6 +93,26 @@ public static class ModelFolder
     }
 
     /// <summary>Loads model.safetensors of a folder into the model (see <see cref="LoadInto"/>).</summary>
+    /// <summary>
+    /// Finishes loading a freshly built wrapper: reads <paramref name="dir"/>'s weights into <paramref name="model"/>,
+    /// runs <paramref name="ready"/> (move to a device, eval mode) and returns <paramref name="owner"/>; if anything
+    /// fails the wrapper is disposed before the exception goes on, so a bad folder leaks no tensors.
+    /// </summary>
+    public static T LoadOwned<T>(string dir, T owner, nn.Module model, Action<T> ready) where T : IDisposable
+    {
+        try
+        {
+            LoadWeights(dir, model);
+            ready(owner);
+            return owner;
+        }
+        catch
+        {
+            owner.Dispose();
+            throw;
+        }
+    }
+
     public static void LoadWeights(string dir, nn.Module model, IReadOnlySet<string>? optional = null)
     {
         string path = Path.Combine(dir, WeightsFile);
