@@ -48,6 +48,9 @@ public sealed record LstmBaselineConfig
     /// </summary>
     public static LstmBaselineConfig Default { get; } = new();
 
+    /// <summary>The baseline for SashimiConfig.Small: 2 layers of 361 units, 2.10 M parameters (Small has 2.10 M) (same formula).</summary>
+    public static LstmBaselineConfig Small { get; } = new() { HiddenSize = 361 };
+
     /// <summary>A few thousand parameters for tests.</summary>
     public static LstmBaselineConfig Tiny { get; } = new() { EmbeddingDim = 8, HiddenSize = 16, NumLayers = 2 };
 
