@@ -362,9 +362,9 @@ public static class AudioCli
             {
                 ["out"] = outDir, ["model_type"] = model.ModelType, ["parameters"] = model.ParameterCount, ["steps"] = result.Steps,
                 ["completed"] = done, ["train_clips"] = train.size(0), ["samples_per_clip"] = train.size(1),
-                ["final_train_bits"] = result.LastLoss / Math.Log(2),
+                ["final_train_bits"] = double.IsFinite(result.LastLoss) ? result.LastLoss / Math.Log(2) : null,   // none when resumed at the end
             };
-            foreach (var (k, v) in result.LastEval) doc[k] = v;
+            foreach (var (k, v) in result.LastEval) doc[k] = double.IsFinite(v) ? v : null;
             if (pr.GetValue(json)) Console.WriteLine(doc.ToJsonString(Indented));
             else
             {
@@ -484,10 +484,11 @@ public static class AudioCli
         var quant = new Option<string>("--quantization") { Description = "mu-law or linear", DefaultValueFactory = _ => "mu-law" }.AcceptOnlyFromAmong("mu-law", "linear");
         var bits = new Option<int>("--bits") { Description = "bits per sample", DefaultValueFactory = _ => Quantization.DefaultBits };
         var rate = new Option<int>("--sample-rate") { Description = "sample rate in Hz", DefaultValueFactory = _ => 16000 };
+        var limit = new Option<int?>("--limit") { Description = "measure on the first N test clips only (as eval --limit)" };
         var json = JsonOption("the numbers");
         var cmd = new Command("baselines", "The unigram baseline: the entropy of the quantised train split, and its cross-entropy on the test split (bits per sample), measured as `eval` measures models.")
         {
-            data, window, quant, bits, rate, json,
+            data, window, quant, bits, rate, limit, json,
         };
         cmd.SetAction(pr => Cli.Guard(() =>
         {
@@ -496,14 +497,16 @@ public static class AudioCli
             int b = pr.GetValue(bits);
             if (b is < 1 or > 16) throw new UsageException($"--bits must be 1 to 16, got {b}");
             using var train = LoadSplit(ds, "train", pr.GetValue(rate), pr.GetValue(window));
-            using var test = LoadSplit(ds, "test", pr.GetValue(rate), pr.GetValue(window));
-            var (uni, trainBits, testBits) = AudioBaselines.Unigram(train.Audio, test.Audio, q, b);
+            if (pr.GetValue(limit) is < 1) throw new UsageException("--limit must be at least 1");
+            using var testAll = LoadSplit(ds, "test", pr.GetValue(rate), pr.GetValue(window));
+            using var testAudio = pr.GetValue(limit) is int lim && lim < testAll.Count ? testAll.Audio.narrow(0, 0, lim) : testAll.Audio.alias();
+            var (uni, trainBits, testBits) = AudioBaselines.Unigram(train.Audio, testAudio, q, b);
             if (pr.GetValue(json))
             {
                 Console.WriteLine(new JsonObject
                 {
                     ["data"] = ds.Directory, ["quantization"] = AudioModel.QuantizationName(q), ["bits"] = b,
-                    ["train_samples"] = train.Audio.numel(), ["test_samples"] = test.Audio.numel(),
+                    ["train_samples"] = train.Audio.numel(), ["test_samples"] = testAudio.numel(),
                     ["unigram_train_entropy_bits"] = trainBits, ["unigram_test_bits_per_sample"] = testBits,
                 }.ToJsonString(Indented));
                 return Cli.Ok;

@@ -10,6 +10,7 @@ using static TorchSharp.torch;
 
 namespace Ssm.Language.Tests;
 
+[Collection(ConsoleRedirectCollection.Name)]
 public sealed class TextCliTests : IDisposable
 {
     readonly string _dir = Path.Combine(Path.GetTempPath(), "ssm-text-cli-" + Guid.NewGuid().ToString("N"));
@@ -26,14 +27,7 @@ public sealed class TextCliTests : IDisposable
 
     public void Dispose() { try { Directory.Delete(_dir, true); } catch (IOException) { } }
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        var o = new StringWriter(); var e = new StringWriter();
-        Console.SetOut(o); Console.SetError(e);
-        try { return (Ssm.Apps.Text.Program.Main(args), o.ToString(), e.ToString()); }
-        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => ConsoleCapture.Run(() => Ssm.Apps.Text.Program.Main(args));
 
     [Fact]
     public void GreedyIdsAsJsonEqualTheArgmaxOfFullForwardPasses()

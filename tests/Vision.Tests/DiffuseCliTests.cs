@@ -8,13 +8,6 @@ using Ssm.Vision;
 
 namespace Ssm.Vision.Tests;
 
-/// <summary>The tests redirect the process-wide Console, so they must not run beside tests that write to it.</summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class ConsoleRedirectCollection
-{
-    public const string Name = "console redirected";
-}
-
 [Collection(ConsoleRedirectCollection.Name)]
 public sealed class DiffuseCliTests : IDisposable
 {
@@ -39,33 +32,12 @@ public sealed class DiffuseCliTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        var o = new StringWriter();
-        var e = new StringWriter();
-        Console.SetOut(o);
-        Console.SetError(e);
-        try
-        {
-            int code = DiffuseCli.Run(args, defaultModelDir: Path.Combine(_dir, "no-default-model"), defaultJudgeDir: Path.Combine(_dir, "no-judge"));
-            return (code, o.ToString(), e.ToString());
-        }
-        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
-    }
+    (int Code, string Out, string Err) Run(params string[] args) => ConsoleCapture.Run(() =>
+        DiffuseCli.Run(args, defaultModelDir: Path.Combine(_dir, "no-default-model"), defaultJudgeDir: Path.Combine(_dir, "no-judge")));
 
-    static string[] Lines(string s) => s.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+    static string[] Lines(string s) => ConsoleCapture.Lines(s);
 
-    /// <summary>Asserts a failed run: non-zero exit, exactly one "error:" line on stderr, no stack trace.</summary>
-    static string AssertOneLineError((int Code, string Out, string Err) r)
-    {
-        Assert.NotEqual(0, r.Code);
-        var lines = Lines(r.Err);
-        Assert.True(lines.Length == 1, r.Err);
-        Assert.StartsWith("error: ", lines[0]);
-        Assert.DoesNotContain("   at ", r.Err);
-        return lines[0];
-    }
+    static string AssertOneLineError((int Code, string Out, string Err) r) => ConsoleCapture.AssertOneLineError(r);
 
     [Fact]
     public void SampleGridHoldsTheLibrarySamplesOneRowPerClass()
