@@ -65,6 +65,34 @@ public static class Cli
 
     static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
 
+    /// <summary>The --device option of the ssm-* CLIs (resolved by Ssm.Backbone.Devices.Resolve).</summary>
+    public static System.CommandLine.Option<string> DeviceOption() => new("--device")
+    {
+        Description = "cpu, cuda, cuda:N or auto (CUDA when available)",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    /// <summary>The --json switch: <paramref name="what"/> printed as JSON on stdout.</summary>
+    public static System.CommandLine.Option<bool> JsonOption(string what) => new("--json") { Description = $"print {what} as JSON on stdout" };
+
+    /// <summary>--set FIELD=VALUE pairs (dashes in FIELD read as underscores); <paramref name="example"/> is shown on a bad one.</summary>
+    public static IEnumerable<KeyValuePair<string, string>> ParseSets(string[]? sets, string example)
+    {
+        foreach (var s in sets ?? [])
+        {
+            int eq = s.IndexOf('=');
+            if (eq <= 0) throw new UsageException($"--set '{s}': expected FIELD=VALUE (e.g. --set {example})");
+            yield return new(s[..eq].Trim().Replace('-', '_'), s[(eq + 1)..].Trim());
+        }
+    }
+
+    /// <summary>Creates the folder that will hold <paramref name="path"/>.</summary>
+    public static void CreateParent(string path)
+    {
+        string? parent = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (parent is not null) Directory.CreateDirectory(parent);
+    }
+
     /// <summary>"1,2,3" -> ids; a clear usage error otherwise.</summary>
     public static int[] ParseIds(string text, string option = "--ids")
     {

@@ -70,14 +70,6 @@ public static class AudioCli
         HelpName = "DIR",
     };
 
-    static Option<string> DeviceOption() => new("--device")
-    {
-        Description = "cpu, cuda, cuda:N or auto (CUDA when available)",
-        DefaultValueFactory = _ => "auto",
-    };
-
-    static Option<bool> JsonOption(string what) => new("--json") { Description = $"print {what} as JSON on stdout" };
-
     static Option<string?> DataOption(string what = "prepared data folder") => new("--data")
     {
         Description = $"{what} (data/spoken-digits.sh, data/piano.sh); default: data/cache/spoken-digits in the current folder or above",
@@ -111,23 +103,9 @@ public static class AudioCli
     static AudioBatch LoadSplit(AudioDataset data, string split, int sampleRate, double windowSeconds) =>
         data.ClipSeconds is double s ? data.LoadSplit(split, sampleRate, s) : data.LoadChunks(split, sampleRate, windowSeconds);
 
-    static IEnumerable<KeyValuePair<string, string>> ParseSets(string[]? sets)
-    {
-        foreach (var s in sets ?? [])
-        {
-            int eq = s.IndexOf('=');
-            if (eq <= 0) throw new UsageException($"--set '{s}': expected FIELD=VALUE (e.g. --set n_layers=4)");
-            yield return new(s[..eq].Trim().Replace('-', '_'), s[(eq + 1)..].Trim());
-        }
-    }
+    static IEnumerable<KeyValuePair<string, string>> ParseSets(string[]? sets) => Cli.ParseSets(sets, "n_layers=4");
 
     static string Num(double v, string format = "0.##") => v.ToString(format, Inv);
-
-    static void CreateParent(string path)
-    {
-        string? parent = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (parent is not null) Directory.CreateDirectory(parent);
-    }
 
     static JsonArray Array<T>(IEnumerable<T> items) => new(items.Select(i => (JsonNode?)JsonValue.Create(i)).ToArray());
 
@@ -187,11 +165,11 @@ public static class AudioCli
     }
 
     static (Option<string?>, Option<string>, Option<int>, Option<bool>, Option<string>, Option<bool>) CommonGenerationOptions() => (
-        ModelOption(), DeviceOption(),
+        ModelOption(), Cli.DeviceOption(),
         new Option<int>("--batch-size", "--batch") { Description = "clips generated together (one recurrent state each)", DefaultValueFactory = _ => 64 },
         new Option<bool>("--spectrogram") { Description = "also write a PNG spectrogram of each clip (DIR/PREFIX-NNNN.png)" },
         new Option<string>("--prefix") { Description = "file-name prefix", DefaultValueFactory = _ => "sample" },
-        JsonOption("the written files and the speed"));
+        Cli.JsonOption("the written files and the speed"));
 
     static int Generate(Defaults defaults, ParseResult pr, string? promptPath, double promptSeconds, double seconds, int n, string outDir,
         AudioGenerationOptions sampling, string? modelDir, string device, int batch, bool spectrogram, string prefix, bool json)
@@ -311,8 +289,8 @@ public static class AudioCli
         var limit = new Option<int?>("--train-limit") { Description = "use only the first N training clips (quick trials)" };
         var seed = new Option<long>("--seed") { Description = "seed of the initialisation and data order", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings); Ctrl+C checkpoints and stops" };
-        var device = DeviceOption();
-        var json = JsonOption("the final summary");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the final summary");
         var cmd = new Command("train", "Train a next-sample model (cross-entropy over quantised samples, shown in bits per sample) on a prepared data folder; Ctrl+C checkpoints, --resume continues.")
         {
             data, output, type, preset, set, quant, bits, rate, window, steps, batch, crop, lr, wd, warmup, clip, evalEvery, ckEvery, logEvery, evalClips, limit, seed, resume, device, json,
@@ -407,9 +385,9 @@ public static class AudioCli
         var window = new Option<double>("--window-seconds") { Description = "long recordings of --data are scored in windows of this many seconds", DefaultValueFactory = _ => 4.0 };
         var limit = new Option<int?>("--limit") { Description = "score only the first N clips of the split" };
         var model = ModelOption();
-        var device = DeviceOption();
+        var device = Cli.DeviceOption();
         var batchSamples = new Option<long>("--batch-samples") { Description = "samples per forward batch", DefaultValueFactory = _ => 1L << 18 };
-        var json = JsonOption("the per-file and total NLL");
+        var json = Cli.JsonOption("the per-file and total NLL");
         var cmd = new Command("eval", "Negative log-likelihood in bits per sample (every sample predicted from the ones before it, the first from the start token).")
         {
             paths, data, split, window, limit, model, device, batchSamples, json,
@@ -485,7 +463,7 @@ public static class AudioCli
         var bits = new Option<int>("--bits") { Description = "bits per sample", DefaultValueFactory = _ => Quantization.DefaultBits };
         var rate = new Option<int>("--sample-rate") { Description = "sample rate in Hz", DefaultValueFactory = _ => 16000 };
         var limit = new Option<int?>("--limit") { Description = "measure on the first N test clips only (as eval --limit)" };
-        var json = JsonOption("the numbers");
+        var json = Cli.JsonOption("the numbers");
         var cmd = new Command("baselines", "The unigram baseline: the entropy of the quantised train split, and its cross-entropy on the test split (bits per sample), measured as `eval` measures models.")
         {
             data, window, quant, bits, rate, limit, json,
@@ -526,9 +504,9 @@ public static class AudioCli
         var classifier = new Option<string?>("--classifier") { Description = $"digit classifier folder; default: the embedded {DefaultJudgeName}", HelpName = "DIR" };
         var data = DataOption("spoken-digit folder whose test split is the reference");
         var ceilingTrain = new Option<int?>("--ceiling-train") { Description = "training clips compared with the test set for the ceiling's FID (default: as many as the test split)" };
-        var device = DeviceOption();
+        var device = Cli.DeviceOption();
         var batch = new Option<int>("--batch-size", "--batch") { Description = "clips classified together", DefaultValueFactory = _ => 256 };
-        var json = JsonOption("the scores");
+        var json = Cli.JsonOption("the scores");
         var cmd = new Command("judge", "Score generated spoken digits as the SaShiMi and Mamba papers do: inception score, modified IS, AM score and a Frechet distance on the classifier's features, against the test split; the test split's own scores are the ceiling.")
         {
             dir, classifier, data, ceilingTrain, device, batch, json,
@@ -564,8 +542,8 @@ public static class AudioCli
         var noAugment = new Option<bool>("--no-augment") { Description = "no random shifts, gain and noise" };
         var seed = new Option<long>("--seed") { Description = "seed", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out" };
-        var device = DeviceOption();
-        var json = JsonOption("the final accuracies");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the final accuracies");
         var cmd = new Command("train-classifier", "Train the spoken-digit classifier (log-mel front end, bidirectional Mamba blocks) that `judge` uses; reports validation and test accuracy.")
         {
             data, output, preset, set, epochs, steps, batch, lr, wd, limit, noAugment, seed, resume, device, json,
@@ -609,7 +587,7 @@ public static class AudioCli
         var type = new Option<string?>("--model-type") { Description = "describe a fresh model of this type instead of a folder (with --preset)" };
         var preset = new Option<string?>("--preset") { Description = "preset of --model-type" };
         var set = new Option<string[]>("--set") { Description = "change a config field of --model-type, FIELD=VALUE", Arity = ArgumentArity.ZeroOrMore, HelpName = "FIELD=VALUE" };
-        var json = JsonOption("the description");
+        var json = Cli.JsonOption("the description");
         var cmd = new Command("info", "A model's type, parameter count, size, config and audio settings.") { model, type, preset, set, json };
         cmd.SetAction(pr => Cli.Guard(() =>
         {

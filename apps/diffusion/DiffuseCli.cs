@@ -71,14 +71,6 @@ public static class DiffuseCli
         HelpName = "DIR",
     };
 
-    static Option<string> DeviceOption() => new("--device")
-    {
-        Description = "cpu, cuda, cuda:N or auto (CUDA when available)",
-        DefaultValueFactory = _ => "auto",
-    };
-
-    static Option<bool> JsonOption(string what) => new("--json") { Description = $"print {what} as JSON on stdout" };
-
     static Option<long> SeedOption(string what) => new("--seed") { Description = what, DefaultValueFactory = _ => 0 };
 
     static Option<string?> DataOption() => new("--data")
@@ -117,15 +109,7 @@ public static class DiffuseCli
         throw new UsageException($"no --data given and no {DefaultDataRelative} in the current folder or above; prepare it with data/fashion-mnist.sh, or pass --data DIR");
     }
 
-    static IEnumerable<KeyValuePair<string, string>> ParseSets(string[]? sets)
-    {
-        foreach (var s in sets ?? [])
-        {
-            int eq = s.IndexOf('=');
-            if (eq <= 0) throw new UsageException($"--set '{s}': expected FIELD=VALUE (e.g. --set depth=8)");
-            yield return new(s[..eq].Trim().Replace('-', '_'), s[(eq + 1)..].Trim());
-        }
-    }
+    static IEnumerable<KeyValuePair<string, string>> ParseSets(string[]? sets) => Cli.ParseSets(sets, "depth=8");
 
     /// <summary>The DDIM step count must lie in 1..T (the model's diffusion timesteps).</summary>
     static void CheckSteps(int steps, int timesteps, string option)
@@ -216,9 +200,9 @@ public static class DiffuseCli
         var columns = new Option<int?>("--columns") { Description = "grid columns (default: --n, so each class is one row)" };
         var scale = new Option<int>("--scale") { Description = "grid enlargement factor (nearest neighbour), 1..16", DefaultValueFactory = _ => 2 };
         var model = ModelOption();
-        var device = DeviceOption();
+        var device = Cli.DeviceOption();
         var batch = new Option<int>("--batch-size", "--batch") { Description = "images denoised together", DefaultValueFactory = _ => 64 };
-        var json = JsonOption("the written files and the settings");
+        var json = Cli.JsonOption("the written files and the settings");
         var cmd = new Command("sample", "Draw images of the given classes with DDIM and classifier-free guidance; write a PNG grid (one row per class) and/or single PNGs.")
         {
             classes, n, steps, guidance, eta, seed, output, outDir, columns, scale, model, device, batch, json,
@@ -264,7 +248,7 @@ public static class DiffuseCli
         if (gridPath is not null)
         {
             grid = ImageIO.Grid(unit, columns ?? n, gap: 2, scale: scale);
-            CreateParent(gridPath);
+            Cli.CreateParent(gridPath);
             ImageIO.SavePng(gridPath, grid);
             files.Add(gridPath);
         }
@@ -305,12 +289,6 @@ public static class DiffuseCli
         if (outDir is not null) Console.WriteLine($"wrote {ids.Length} PNGs to {outDir}");
         Console.WriteLine($"DDIM {steps} steps, guidance {Num(guidance)}, eta {Num(eta)}, seed {seed}: {Num(ips, "0.0")} images/s on {dev}");
         return Cli.Ok;
-    }
-
-    static void CreateParent(string path)
-    {
-        string? parent = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (parent is not null) Directory.CreateDirectory(parent);
     }
 
     // ------------------------------------------------------------------ train
@@ -356,8 +334,8 @@ public static class DiffuseCli
         };
         var seed = SeedOption("seed of the initialisation, data order, noise and label dropout");
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings and seed); Ctrl+C checkpoints and stops" };
-        var device = DeviceOption();
-        var json = JsonOption("the final summary");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the final summary");
         var cmd = new Command("train", "Train a class-conditional denoiser (DDPM loss, label dropout for guidance, EMA) on a prepared data folder; Ctrl+C checkpoints, --resume continues.")
         {
             data, output, type, preset, set, steps, batch, lr, wd, warmup, clip, timesteps, schedule, prediction, dropout, ema, hflip,
@@ -473,8 +451,8 @@ public static class DiffuseCli
         var guidance = new Option<string>("--guidance", "-g") { Description = "guidance scales to try, a comma list (1: none, 0: unconditional)", DefaultValueFactory = _ => "1,2,4" };
         var seed = SeedOption("seed of the initial noise (every setting starts from the same noise)");
         var batch = new Option<int>("--batch-size", "--batch") { Description = "images denoised together", DefaultValueFactory = _ => 250 };
-        var device = DeviceOption();
-        var json = JsonOption("the results");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the results");
         var cmd = new Command("eval",
             "Quality of generated images: Frechet distance on the judge classifier's features (generated vs the reference split; " +
             "real images vs the reference as the floor), class fidelity (share the judge assigns to the requested class), inception score and images/s, " +
@@ -585,7 +563,7 @@ public static class DiffuseCli
             .AcceptOnlyFromAmong(ImageDiffusion.Architectures.Select(a => a.Name).ToArray());
         var preset = new Option<string?>("--preset") { Description = "with --model-type: the preset (default small28)" };
         var set = new Option<string[]>("--set") { Description = "with --model-type: change a config field, FIELD=VALUE", Arity = ArgumentArity.ZeroOrMore, HelpName = "FIELD=VALUE" };
-        var json = JsonOption("the information");
+        var json = Cli.JsonOption("the information");
         var cmd = new Command("info", "Show a diffusion model's type, parameter count, config, labels and diffusion settings (a model folder, or an architecture's preset).")
         {
             model, type, preset, set, json,

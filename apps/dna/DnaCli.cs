@@ -108,14 +108,6 @@ public static class DnaCli
         HelpName = "DIR",
     };
 
-    static Option<string> DeviceOption() => new("--device")
-    {
-        Description = "cpu, cuda, cuda:N or auto (CUDA when available)",
-        DefaultValueFactory = _ => "auto",
-    };
-
-    static Option<bool> JsonOption(string what) => new("--json") { Description = $"print {what} as JSON on stdout" };
-
     static Option<string?> DataOption() => new("--data")
     {
         Description = $"prepared DNA folder (data/dna.sh); default: {DnaDatasets.DefaultRelative} in the current folder or above",
@@ -155,15 +147,7 @@ public static class DnaCli
         return t;
     }
 
-    static IEnumerable<KeyValuePair<string, string>> ParseSets(string[]? sets)
-    {
-        foreach (var s in sets ?? [])
-        {
-            int eq = s.IndexOf('=');
-            if (eq <= 0) throw new UsageException($"--set '{s}': expected FIELD=VALUE (e.g. --set n_layer=8)");
-            yield return new(s[..eq].Trim().Replace('-', '_'), s[(eq + 1)..].Trim());
-        }
-    }
+    static IEnumerable<KeyValuePair<string, string>> ParseSets(string[]? sets) => Cli.ParseSets(sets, "n_layer=8");
 
     static GenomicRegion? ParseRegion(string? text)
     {
@@ -242,8 +226,8 @@ public static class DnaCli
         var regionOpt = new Option<string?>("--region", "-r") { Description = "score only this part of one record: chr, chr:start-end or chr:start- (1-based, inclusive)", HelpName = "REGION" };
         var chunk = new Option<int>("--chunk") { Description = "bases per forward pass (memory is bounded by it; the result does not depend on it)", DefaultValueFactory = _ => DnaScoring.DefaultChunkLength };
         var model = ModelOption($"the embedded {DefaultModelName}");
-        var device = DeviceOption();
-        var json = JsonOption("the rows (an array)");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the rows (an array)");
         var cmd = new Command("score",
             "Log-likelihood of every FASTA record under the causal DNA LM: one TSV row per record with name, length, scored_bases " +
             "(A/C/G/T; N is read but not predicted), log_likelihood (natural log, nats) and bits_per_base; with --strand both " +
@@ -374,8 +358,8 @@ public static class DnaCli
         var strict = new Option<bool>("--strict") { Description = "stop with an error at the first variant that does not fit the reference (REF mismatch, unknown chromosome, past its end)" };
         var batch = new Option<int>("--batch-size", "--batch") { Description = "windows per forward pass", DefaultValueFactory = _ => 64 };
         var model = ModelOption($"the embedded {DefaultModelName}");
-        var device = DeviceOption();
-        var json = JsonOption("the rows (an array)");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the rows (an array)");
         var cmd = new Command("variants",
             "Zero-shot variant effect: llr = log p(alt window) - log p(ref window) in nats, averaged over both strands (llr_fwd on the " +
             "given strand, llr_rev on the reverse complement of both windows). The ref window is --window reference bases centred " +
@@ -557,8 +541,8 @@ public static class DnaCli
         var model = ModelOption("the embedded classifier of --task");
         var conjoin = new Option<bool>("--conjoin") { Description = "average the logits of each sequence and its reverse complement (post-hoc conjoining, Caduceus section 4.1)" };
         var batch = new Option<int>("--batch-size", "--batch") { Description = "sequences per forward pass", DefaultValueFactory = _ => 256 };
-        var device = DeviceOption();
-        var json = JsonOption("the rows (an array)");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the rows (an array)");
         var cmd = new Command("classify",
             "Label every FASTA record with a Caduceus sequence classifier: name, label, and the probability of each class (p_LABEL columns).")
         {
@@ -754,13 +738,14 @@ public static class DnaCli
         var evalEvery = new Option<long?>("--eval-every") { Description = "validation every N steps (default: a tenth of the run; 0: only at the end)" };
         var ckEvery = new Option<long?>("--checkpoint-every") { Description = "checkpoint every N steps (default: as --eval-every)" };
         var logEvery = new Option<long>("--log-every") { Description = "a log.jsonl line every N steps", DefaultValueFactory = _ => 50 };
+        var evalLimit = new Option<int?>("--eval-limit") { Description = "classifier tasks: evaluate on N sequences spread evenly over each of the valid and test splits (every k-th; default: all of them)" };
         var evalWindows = new Option<int>("--eval-windows") { Description = "lm/mlm: fixed validation windows of the human valid split scored at each evaluation", DefaultValueFactory = _ => DefaultEvalWindows };
         var evalSeed = new Option<long>("--eval-seed") { Description = "lm/mlm: seed of the validation windows (as eval --seed)", DefaultValueFactory = _ => DefaultEvalSeed };
         var noRc = new Option<bool>("--no-rc-augment") { Description = "do not replace training sequences by their reverse complement half of the time (Caduceus-Ph augmentation)" };
         var seed = new Option<long>("--seed") { Description = "seed of the initialisation and the data order", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings); Ctrl+C checkpoints and stops" };
-        var device = DeviceOption();
-        var json = JsonOption("the final summary");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the final summary");
         var cmd = new Command("train",
             "Train a DNA model with the suite's trainer (AdamW, warm-up + cosine, checkpoints, exact --resume): lm = next-base " +
             "pretraining on random windows of the human train split (validation: bits/base on fixed windows of the valid split), " +
@@ -768,7 +753,7 @@ public static class DnaCli
             "Writes OUT/eval.json with the final validation numbers (and test accuracy for the classifier tasks).")
         {
             task, data, output, init, type, preset, set, steps, batch, length, lr, wd, warmup, clip, evalEvery, ckEvery, logEvery,
-            evalWindows, evalSeed, noRc, seed, resume, device, json,
+            evalWindows, evalLimit, evalSeed, noRc, seed, resume, device, json,
         };
         cmd.SetAction(pr => Cli.Guard(() =>
         {
@@ -869,8 +854,12 @@ public static class DnaCli
                 DnaLabelledSet? validSet = null, testSet = null;
                 try
                 {
-                    validSet = LabelledSet(ds.Split("valid"), $"{t} valid split");
-                    testSet = ds.Items.Any(i => i.Split == "test") ? LabelledSet(ds.Split("test"), $"{t} test split") : null;
+                    if (pr.GetValue(evalLimit) is < 1) throw new UsageException("--eval-limit must be at least 1");
+                    // Every k-th sequence, so that a subset still covers every block of a split ordered by block.
+                    IReadOnlyList<LabeledSequence> Spread(IReadOnlyList<LabeledSequence> items) =>
+                        pr.GetValue(evalLimit) is int n && n < items.Count ? items.Where((_, i) => i % (items.Count / n) == 0).Take(n).ToList() : items;
+                    validSet = LabelledSet(Spread(ds.Split("valid")), $"{t} valid split");
+                    testSet = ds.Items.Any(i => i.Split == "test") ? LabelledSet(Spread(ds.Split("test")), $"{t} test split") : null;
                     model = initDir is not null ? DnaModel.ClassifierFromPretrained(initDir, ds.Labels, dev)
                                                 : DnaModel.Create(wantType, pr.GetValue(preset), sets, ds.Labels).To(dev);
                     using (model)
@@ -953,8 +942,8 @@ public static class DnaCli
         var split = new Option<string>("--split") { Description = "classifier: the split to measure on (train, valid, test)", DefaultValueFactory = _ => "test" }.AcceptOnlyFromAmong("train", "valid", "test");
         var conjoin = new Option<bool>("--conjoin") { Description = "classifier: average the logits of each sequence and its reverse complement" };
         var batch = new Option<int>("--batch-size", "--batch") { Description = "windows or sequences per forward pass", DefaultValueFactory = _ => 16 };
-        var device = DeviceOption();
-        var json = JsonOption("the numbers");
+        var device = Cli.DeviceOption();
+        var json = Cli.JsonOption("the numbers");
         var cmd = new Command("eval",
             "A language model's bits per base on fixed validation windows of the human valid split (drawn with --seed; the numbers " +
             "of the model card, and the windows of `baselines --markov`), a masked LM's masked-base loss and accuracy on them, " +
@@ -1077,7 +1066,7 @@ public static class DnaCli
         var kmerSteps = new Option<int>("--kmer-steps") { Description = "Adam steps of the logistic regression", DefaultValueFactory = _ => 300 };
         var l2 = new Option<double>("--l2") { Description = "L2 penalty of the logistic regression", DefaultValueFactory = _ => 1e-3 };
         var data = DataOption();
-        var json = JsonOption("the tables");
+        var json = Cli.JsonOption("the tables");
         var cmd = new Command("baselines",
             "Non-neural baselines measured the way the models are: --markov gives bits/base of order-0..8 Markov chains on the SAME " +
             "fixed validation windows that `eval` scores (same --windows, --length, --seed; the first bases of a window use the " +
@@ -1181,7 +1170,7 @@ public static class DnaCli
         var type = new Option<string?>("--model-type") { Description = $"describe a fresh model of this type instead ({string.Join(", ", DnaModel.ModelTypes)}; with --preset, --set)" };
         var preset = new Option<string?>("--preset") { Description = "preset of --model-type" };
         var set = new Option<string[]>("--set") { Description = "change a config field of --model-type, FIELD=VALUE", Arity = ArgumentArity.ZeroOrMore, HelpName = "FIELD=VALUE" };
-        var json = JsonOption("the description");
+        var json = Cli.JsonOption("the description");
         var cmd = new Command("info", "A model's type, task, parameter count, size, labels and config.") { model, task, type, preset, set, json };
         cmd.SetAction(pr => Cli.Guard(() =>
         {
