@@ -65,6 +65,9 @@ public sealed record GeneratedAudio(float[][] Audio, long[][] Classes, int Sampl
 /// <summary>Unconditional generation and continuation for an <see cref="AudioModel"/> (see the file header).</summary>
 public sealed class AudioGenerator(AudioModel model)
 {
+    /// <summary>CPU generation of up to this many clips at once runs on one libtorch thread.</summary>
+    public const int SingleThreadBatch = 8;
+
     public AudioModel Model { get; } = model;
 
     /// <summary><paramref name="count"/> clips of <paramref name="samples"/> samples from the start token, recurrent mode.</summary>
@@ -145,6 +148,9 @@ public sealed class AudioGenerator(AudioModel model)
         if (p > 0) using (var dst = all.narrow(1, 1, p)) dst.copy_(promptClasses);
 
         Model.Model.eval();
+        // Recurrent steps of a few clips are many tiny ops: one intra-op thread is several times faster on the CPU
+        // (see TorchThreads); larger batches keep the thread pool.
+        using var threads = Ssm.Backbone.Native.TorchThreads.Single(device.type == DeviceType.CPU && count <= SingleThreadBatch);
         var clock = Stopwatch.StartNew();
         AudioModelState? state = null;
         Tensor logits;

@@ -145,11 +145,8 @@ public sealed class KmerLogistic
         // Small problems run on one intra-op thread (as Generation/Generator does for small ops): their ops take
         // microseconds, and libtorch's thread pool only adds waits, badly so when the cores are oversubscribed
         // (measured: 900 x 1280 features, 150 steps: 0.5 s on 1 thread vs 20 s on 2 threads with 12 busy processes).
-        int threads = torch.get_num_threads();
-        bool small = (long)n * d * classes <= SmallProblem;
-        if (small) torch.set_num_threads(1);
-        try { return Train(f, x, n, d, labels, classes, mean, scale, o); }
-        finally { if (small) torch.set_num_threads(threads); }
+        using (Ssm.Backbone.Native.TorchThreads.Single((long)n * d * classes <= SmallProblem))
+            return Train(f, x, n, d, labels, classes, mean, scale, o);
     }
 
     /// <summary>n * d * classes up to which Fit trains on one torch thread.</summary>

@@ -12,6 +12,7 @@
 using System.Diagnostics;
 using Ssm.Backbone.Layers;
 using Ssm.Backbone.Models;
+using Ssm.Backbone.Native;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -156,7 +157,7 @@ public sealed class TokenGenerator : IDisposable
         var states = new List<LMState>();
         var firstLogits = new List<Tensor>();
         LMState? state = null;
-        int torchThreads = 0;
+        TorchThreads? singleThread = null;
         try
         {
             for (int i = 0; i < b; i++)
@@ -178,7 +179,7 @@ public sealed class TokenGenerator : IDisposable
             // each multi-threaded torch op leaves its OpenMP threads spinning for milliseconds (libgomp's
             // GOMP_SPINCOUNT) on the cores the engine's workers need: measured 74 ms instead of 11 ms per token on
             // 2 cores. So torch runs single-threaded until the loop ends.
-            if (engine is not null) { torchThreads = torch.get_num_threads(); torch.set_num_threads(1); }
+            if (engine is not null) singleThread = TorchThreads.Single();
             while (true)
             {
                 var next = run.Choose(logits, active);                              // one token per active sequence
@@ -201,7 +202,7 @@ public sealed class TokenGenerator : IDisposable
         }
         finally
         {
-            if (torchThreads > 0) torch.set_num_threads(torchThreads);
+            singleThread?.Dispose();
             foreach (var s in states) s.Dispose();
             foreach (var t in firstLogits) t.Dispose();
             state?.Dispose();
