@@ -89,6 +89,7 @@ public sealed class MambaLM : nn.Module<Tensor, Tensor>
         InitWeights();
         if (config.TieEmbeddings) lm_head.weight = backbone.embeddings.weight!;
         RegisterComponents();
+        if (config.TieEmbeddings) Training.MixedPrecision.Tie(this);   // one parameter object for the tied matrix
     }
 
     /// <summary>mamba_ssm's _init_weights: embeddings N(0, 0.02); out_proj scaled by 1/sqrt(n_layer) (GPT-2's

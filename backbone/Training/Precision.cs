@@ -58,6 +58,13 @@ public static class MixedPrecision
         return model;
     }
 
+    /// <summary>
+    /// Makes every pair of parameters that share storage one parameter object. Assigning a tied weight
+    /// (lm_head.weight = embeddings.weight) leaves TorchSharp with two wrappers of one storage in the registry, and an
+    /// optimizer keyed by parameter object would then update the shared matrix twice per step.
+    /// </summary>
+    internal static void Tie(nn.Module model) => Retie(model, Aliases(model));
+
     static string Join(string prefix, string name) => prefix.Length == 0 ? name : prefix + "." + name;
 
     /// <summary>alias name -> the name it shares storage with.</summary>
