@@ -436,61 +436,6 @@ public sealed class DigitClassifier : IDisposable
     public void Dispose() => Model.Dispose();
 }
 
-/// <summary>Accuracy, loss and confusion matrix (rows true class, columns predicted) on one split.</summary>
-public sealed record DigitEvalResult(string Split, IReadOnlyList<string> Labels, long[,] Confusion, double Loss)
-{
-    public long Count { get { long n = 0; foreach (long v in Confusion) n += v; return n; } }
-
-    public long Correct { get { long n = 0; for (int i = 0; i < Labels.Count; i++) n += Confusion[i, i]; return n; } }
-
-    public double Accuracy => Count == 0 ? double.NaN : (double)Correct / Count;
-
-    public long ClassCount(int i) { long n = 0; for (int j = 0; j < Labels.Count; j++) n += Confusion[i, j]; return n; }
-
-    /// <summary>Recall of class i (NaN without samples).</summary>
-    public double ClassAccuracy(int i) { long n = ClassCount(i); return n == 0 ? double.NaN : (double)Confusion[i, i] / n; }
-
-    static JsonNode? Num(double v) => double.IsFinite(v) ? JsonValue.Create(v) : null;
-
-    public JsonObject ToJson()
-    {
-        var perClass = new JsonArray();
-        for (int i = 0; i < Labels.Count; i++)
-            perClass.Add(new JsonObject
-            {
-                ["index"] = i, ["label"] = Labels[i], ["count"] = ClassCount(i), ["correct"] = Confusion[i, i], ["accuracy"] = Num(ClassAccuracy(i)),
-            });
-        var rows = new JsonArray();
-        for (int i = 0; i < Labels.Count; i++)
-            rows.Add(new JsonArray(Enumerable.Range(0, Labels.Count).Select(j => (JsonNode?)JsonValue.Create(Confusion[i, j])).ToArray()));
-        return new JsonObject
-        {
-            ["split"] = Split, ["count"] = Count, ["correct"] = Correct, ["accuracy"] = Num(Accuracy), ["loss"] = Num(Loss),
-            ["per_class"] = perClass, ["confusion"] = rows,
-        };
-    }
-
-    /// <summary>Accuracy, per-class recall and the confusion matrix as text.</summary>
-    public string Format()
-    {
-        var inv = CultureInfo.InvariantCulture;
-        var sb = new System.Text.StringBuilder();
-        sb.AppendLine(string.Create(inv, $"{Split}: accuracy {Accuracy:P2} ({Correct}/{Count}), loss {Loss:0.0000}"));
-        int w = Math.Max(6, Labels.Max(l => l.Length) + 1);
-        sb.Append("true\\pred".PadRight(w + 1));
-        foreach (var l in Labels) sb.Append(l.PadLeft(w));
-        sb.AppendLine("  recall");
-        for (int i = 0; i < Labels.Count; i++)
-        {
-            sb.Append(Labels[i].PadRight(w + 1));
-            for (int j = 0; j < Labels.Count; j++) sb.Append(Confusion[i, j].ToString(inv).PadLeft(w));
-            double a = ClassAccuracy(i);
-            sb.AppendLine("  " + (double.IsNaN(a) ? "-" : a.ToString("P1", inv)));
-        }
-        return sb.ToString();
-    }
-}
-
 /// <summary>Training-time augmentation of waveforms (defaults in the file header).</summary>
 /// <param name="MaxShiftSeconds">Each clip moves by a uniform shift in [-max, max] seconds, zeros shifted in.</param>
 /// <param name="GainDb">Each clip is scaled by a uniform gain in [-g, g] dB.</param>
@@ -627,14 +572,14 @@ public static class DigitTraining
     }
 
     /// <summary>Accuracy, mean loss (no smoothing) and confusion matrix on labelled clips (eval mode, no grad).</summary>
-    public static DigitEvalResult Evaluate(DigitClassifier clf, AudioBatch data, int batchSize = 256, string split = "test", ProgressBar? progress = null)
+    public static EvalResult Evaluate(DigitClassifier clf, AudioBatch data, int batchSize = 256, string split = "test", ProgressBar? progress = null)
     {
         CheckBatch(clf, data, split);
         return Evaluate(clf, data.Audio, data.Labels, batchSize, split, progress);
     }
 
     /// <summary>As above for clips (n, L) and labels (n) given as tensors.</summary>
-    public static DigitEvalResult Evaluate(DigitClassifier clf, Tensor clips, Tensor labels, int batchSize, string split, ProgressBar? progress = null)
+    public static EvalResult Evaluate(DigitClassifier clf, Tensor clips, Tensor labels, int batchSize, string split, ProgressBar? progress = null)
     {
         if (batchSize <= 0) throw new ArgumentException($"batch size must be positive, got {batchSize}");
         int k = clf.Labels.Count;
@@ -662,7 +607,7 @@ public static class DigitTraining
         long[] flat = confusion.cpu().data<long>().ToArray();
         var m = new long[k, k];
         for (int i = 0; i < k; i++) for (int j = 0; j < k; j++) m[i, j] = flat[i * k + j];
-        return new DigitEvalResult(split, clf.Labels, m, n == 0 ? double.NaN : lossSum.cpu().item<double>() / n);
+        return new EvalResult(split, clf.Labels, m, n == 0 ? double.NaN : lossSum.cpu().item<double>() / n);
     }
 }
 
@@ -694,7 +639,7 @@ public sealed record DigitTrainJob
 }
 
 /// <summary>What a classifier training run produced (Test: of the final model on the test split).</summary>
-public sealed record DigitTrainSummary(TrainResult Result, long Steps, long Parameters, DigitEvalResult? Valid, DigitEvalResult? Test, bool Completed);
+public sealed record DigitTrainSummary(TrainResult Result, long Steps, long Parameters, EvalResult? Valid, EvalResult? Test, bool Completed);
 
 public static class DigitClassifierJob
 {
@@ -735,7 +680,7 @@ public static class DigitClassifierJob
         };
         var result = DigitTraining.Train(clf, train, valid, options, cancel);
         bool completed = result.Steps >= steps;
-        DigitEvalResult? validEval = null, testEval = null;
+        EvalResult? validEval = null, testEval = null;
         if (completed)
         {
             if (valid is not null) validEval = DigitTraining.Evaluate(clf, valid, options.EvalBatchSize, "valid");
