@@ -55,6 +55,21 @@ public static class DnaDatasets
     /// <summary>Opens human/ of the prepared folder (train chrX 0-70 Mbp, valid chr20).</summary>
     public static HumanGenome OpenHuman(string? dir = null) => HumanGenome.Open(Path.Combine(ResolveDirectory(dir), "human"));
 
+    /// <summary>
+    /// Random windows of the given sequence files as a DnaWindowSource: a WindowSampler (uniform over start positions,
+    /// files weighted by length, at most 10% N) seeded from the rng the trainer hands each step, so the windows are a
+    /// function of (run seed, step) and a resumed run sees the same windows. (WindowSampler keeps its own Random, which
+    /// would restart on resume; one sampler per call avoids that.)
+    /// </summary>
+    public static DnaWindowSource WindowSource(IReadOnlyList<SequenceFile> files) => (rng, batch, length) =>
+    {
+        if (length > int.MaxValue || batch * length > Array.MaxLength) throw new ArgumentException($"windows of {batch} x {length} bases are too many for one batch");
+        var sampler = new WindowSampler(files, (int)length, rng.Next());
+        var bytes = new byte[batch * length];
+        for (long r = 0; r < batch; r++) sampler.Next(bytes.AsSpan((int)(r * length), (int)length));
+        return TorchSharp.torch.tensor(bytes, new long[] { batch, length }, TorchSharp.torch.ScalarType.Byte);
+    };
+
     /// <summary>Loads apes/, splice/ or promoters/ of the prepared folder.</summary>
     public static LabeledSequences LoadTask(string task, string? dir = null)
     {

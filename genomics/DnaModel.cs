@@ -502,9 +502,20 @@ public static class DnaTraining
         return ids.to(device);
     }
 
+    /// <summary>The Random that draws the fixed validation windows of <paramref name="seed"/> (one rule for ids and bytes).</summary>
+    static Random ValidationRandom(long seed) => new(Trainer.StepSeed(seed, -1));
+
     /// <summary>Fixed validation windows: <paramref name="count"/> windows of <paramref name="length"/> bases drawn with a seeded Random (ids, CPU).</summary>
     public static Tensor ValidationWindows(DnaWindowSource source, int count, long length, long seed) =>
-        Draw(source, new Random(Trainer.StepSeed(seed, -1)), count, length, torch.CPU);
+        Draw(source, ValidationRandom(seed), count, length, torch.CPU);
+
+    /// <summary>The same windows as <see cref="ValidationWindows"/>, as the bytes the source gave (for the Markov baseline).</summary>
+    public static byte[][] ValidationWindowBytes(DnaWindowSource source, int count, int length, long seed)
+    {
+        using var t = source(ValidationRandom(seed), count, length);
+        var flat = t.data<byte>().ToArray();
+        return Enumerable.Range(0, count).Select(i => flat.AsSpan(i * length, length).ToArray()).ToArray();
+    }
 
     /// <summary>Each row replaced by its reverse complement with probability 1/2 (torch's generator; seeded per step by the Trainer).</summary>
     public static Tensor RcAugment(Tensor ids)

@@ -669,7 +669,7 @@ internal sealed class TextInput : IDisposable
 /// 2^32 of the member's output) is checked by us. Members may be concatenated (bgzip/BGZF files are a series of
 /// small members); trailing zero padding is ignored.
 /// </summary>
-internal sealed class GzipDecoder : Stream
+internal sealed class GzipDecoder : ForwardOnlyStream
 {
     // DeflateStream pulls its input from Feeder in slices of at most MaxSlice bytes. It only asks for more input once
     // it has consumed the previous slice, so when a member's deflate data ends, its end lies in the last slice (or
@@ -880,19 +880,10 @@ internal sealed class GzipDecoder : Stream
         return n;
     }
 
-    sealed class Feeder(GzipDecoder owner) : Stream
+    sealed class Feeder(GzipDecoder owner) : ForwardOnlyStream
     {
         public override int Read(byte[] buffer, int offset, int count) => owner.Feed(buffer.AsSpan(offset, count));
         public override int Read(Span<byte> buffer) => owner.Feed(buffer);
-        public override bool CanRead => true;
-        public override bool CanSeek => false;
-        public override bool CanWrite => false;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override void Flush() { }
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 
     protected override void Dispose(bool disposing)
@@ -901,16 +892,6 @@ internal sealed class GzipDecoder : Stream
         _inflate = null;
         base.Dispose(disposing);
     }
-
-    public override bool CanRead => true;
-    public override bool CanSeek => false;
-    public override bool CanWrite => false;
-    public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-    public override void Flush() { }
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-    public override void SetLength(long value) => throw new NotSupportedException();
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 }
 
 /// <summary>CRC-32 of gzip (IEEE 802.3, reflected polynomial 0xEDB88320), slicing by 8 bytes.</summary>
@@ -950,4 +931,18 @@ internal static class Crc32
         foreach (byte x in data) c = t[(c ^ x) & 0xff] ^ (c >> 8);
         return ~c;
     }
+}
+
+/// <summary>A stream that can only be read front to back: everything but Read says so.</summary>
+internal abstract class ForwardOnlyStream : Stream
+{
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => false;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 }

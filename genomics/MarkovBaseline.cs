@@ -105,6 +105,40 @@ public sealed class MarkovChain
         }
     }
 
+    /// <summary>
+    /// -log2 p of every A/C/G/T base of each window under order-k chains, the first bases of a window (and those after
+    /// an N) backing off to the highest order their context allows: the same targets an LM scores from [BOS], so the
+    /// bits per base compare one to one with the LM's (ssm-dna eval). Returns one score per chain (chains[j].Order == j).
+    /// </summary>
+    public static MarkovScore[] ScoreWithBackoff(IReadOnlyList<MarkovChain> chains, IEnumerable<byte[]> windows)
+    {
+        for (int j = 0; j < chains.Count; j++)
+            if (chains[j].Order != j) throw new ArgumentException($"chain {j} has order {chains[j].Order}; orders must be 0, 1, 2, ...");
+        var tables = chains.Select(c => c.Log2Table()).ToArray();
+        var bits = new double[chains.Count];
+        var scored = new long[chains.Count];
+        var code = Code;
+        foreach (var w in windows)
+        {
+            ulong h = 0;
+            int run = 0;   // valid (A/C/G/T) bases ending here, this one included
+            foreach (byte b in w)
+            {
+                int x = code[b];
+                if (x < 0) { run = 0; continue; }
+                h = (h << 2) | (uint)x;
+                run++;
+                for (int k = 0; k < chains.Count; k++)
+                {
+                    int e = Math.Min(k, run - 1);                                      // the order this position can use
+                    bits[k] -= tables[e][h & ((1UL << (2 * (e + 1))) - 1)];            // index 4 * context + base
+                    scored[k]++;
+                }
+            }
+        }
+        return chains.Select((_, k) => new MarkovScore(bits[k], scored[k])).ToArray();
+    }
+
     /// <summary>Scores one sequence under several chains at once, adding into <paramref name="scores"/>.</summary>
     public static void ScoreMany(IReadOnlyList<MarkovChain> chains, ReadOnlySpan<byte> sequence, int minContext, MarkovScore[] scores)
     {

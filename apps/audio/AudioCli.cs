@@ -90,14 +90,8 @@ public static class AudioCli
     static string ResolveJudge(string? given, Defaults d) => ResolveFolder(given, d.Judge, "judge classifier",
         $"ssm-audio train-classifier --out models/{DefaultJudgeName}");
 
-    /// <summary>The data set folder: --data, else the default of the data script (see AudioDataset).</summary>
-    static AudioDataset OpenData(string? dir)
-    {
-        if (dir is null) return AudioDataset.OpenSpokenDigits();
-        string script = File.Exists(Path.Combine(dir, AudioDataset.InfoName)) && File.ReadAllText(Path.Combine(dir, AudioDataset.InfoName)).Contains("piano", StringComparison.OrdinalIgnoreCase)
-            ? AudioDataset.PianoScript : AudioDataset.SpokenDigitsScript;
-        return AudioDataset.Open(dir, script);
-    }
+    /// <summary>The data set folder: --data (its dataset.json names the script that made it), else the spoken-digit default.</summary>
+    static AudioDataset OpenData(string? dir) => dir is null ? AudioDataset.OpenSpokenDigits() : AudioDataset.Open(dir);
 
     /// <summary>A split as one batch of clips: fixed-length clips as they are, long recordings cut into windows.</summary>
     static AudioBatch LoadSplit(AudioDataset data, string split, int sampleRate, double windowSeconds) =>
@@ -178,7 +172,7 @@ public static class AudioCli
         if (n < 1) throw new UsageException($"--n must be at least 1, got {n}");
         if (batch < 1) throw new UsageException($"--batch-size must be at least 1, got {batch}");
         if (!double.IsFinite(promptSeconds) || promptSeconds < 0) throw new UsageException($"--prompt-seconds must be >= 0, got {promptSeconds.ToString(Inv)}");
-        if (prefix.Length == 0 || prefix.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || prefix.Contains('/'))
+        if (prefix.Length == 0 || prefix.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0)
             throw new UsageException($"--prefix '{prefix}' is not a valid file-name prefix");
         if (promptPath is not null && !File.Exists(promptPath)) throw new FileNotFoundException($"{promptPath}: no such file");
 

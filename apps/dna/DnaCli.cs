@@ -612,29 +612,6 @@ public static class DnaCli
 
     // ------------------------------------------------------------------ data sources
 
-    /// <summary>
-    /// Random windows of the given sequence files as a DnaWindowSource: the library's WindowSampler (uniform over start
-    /// positions, files weighted by length, at most 10% N), seeded from the rng the trainer hands each step, so the
-    /// windows are a function of (run seed, step) and --resume is exact. (WindowSampler keeps its own Random, which would
-    /// restart on resume; one sampler per call avoids that.)
-    /// </summary>
-    public static DnaWindowSource WindowSource(IReadOnlyList<SequenceFile> files) => (rng, batch, length) =>
-    {
-        if (length > int.MaxValue || batch * length > Array.MaxLength) throw new ArgumentException($"windows of {batch} x {length} bases are too many for one batch");
-        var sampler = new WindowSampler(files, (int)length, rng.Next());
-        var bytes = new byte[batch * length];
-        for (long r = 0; r < batch; r++) sampler.Next(bytes.AsSpan((int)(r * length), (int)length));
-        return torch.tensor(bytes, new long[] { batch, length }, ScalarType.Byte);
-    };
-
-    /// <summary>The fixed validation windows as bytes: exactly those DnaTraining.ValidationWindows draws from the same source.</summary>
-    public static byte[][] ValidationWindowBytes(DnaWindowSource source, int count, int length, long seed)
-    {
-        using var t = source(new Random(Trainer.StepSeed(seed, -1)), count, length);
-        var flat = t.data<byte>().ToArray();
-        return Enumerable.Range(0, count).Select(i => flat.AsSpan(i * length, length).ToArray()).ToArray();
-    }
-
     /// <summary>Sequences of equal length as a labelled set (uint8 bases (n, L), int64 labels (n)).</summary>
     static DnaLabelledSet LabelledSet(IReadOnlyList<LabeledSequence> items, string what)
     {
@@ -814,8 +791,8 @@ public static class DnaCli
             if (pretraining)
             {
                 using var human = DnaDatasets.OpenHuman(pr.GetValue(data));
-                var train = WindowSource(human.Split("train"));
-                var valid = WindowSource(human.Split("valid"));
+                var train = DnaDatasets.WindowSource(human.Split("train"));
+                var valid = DnaDatasets.WindowSource(human.Split("valid"));
                 model = DnaModel.Create(wantType, pr.GetValue(preset), sets).To(dev);
                 using (model)
                 {
@@ -991,7 +968,7 @@ public static class DnaCli
             if (t is not null) throw new UsageException($"--task measures classifiers; {dir} is a {DnaModel.TaskName(m.Task)} model");
             using var human = DnaDatasets.OpenHuman(pr.GetValue(data));
             var valid = human.Split("valid");
-            var source = WindowSource(valid);
+            var source = DnaDatasets.WindowSource(valid);
             long seedValue = pr.GetValue(seed);
             doc["data"] = human.Directory; doc["split"] = "valid"; doc["sequences"] = new JsonArray(valid.Select(f => (JsonNode?)f.Name).ToArray());
             doc["windows"] = n; doc["window_length"] = len; doc["seed"] = seedValue;
@@ -1018,39 +995,6 @@ public static class DnaCli
     }
 
     // ------------------------------------------------------------------ baselines
-
-    /// <summary>
-    /// -log2 p of every A/C/G/T base of each window under order-k chains, the first bases of a window (and those after
-    /// an N) backing off to the highest order their context allows: the same targets an LM scores from [BOS], so the
-    /// bits per base compare one to one with `eval`. Returns one score per chain (chains[j].Order == j).
-    /// </summary>
-    public static MarkovScore[] ScoreWindowsWithBackoff(IReadOnlyList<MarkovChain> chains, IEnumerable<byte[]> windows)
-    {
-        for (int j = 0; j < chains.Count; j++)
-            if (chains[j].Order != j) throw new ArgumentException($"chain {j} has order {chains[j].Order}; orders must be 0, 1, 2, ...");
-        var bits = new double[chains.Count];
-        var scored = new long[chains.Count];
-        foreach (var w in windows)
-        {
-            ulong h = 0;
-            int run = 0;   // valid (A/C/G/T) bases ending here, this one included
-            foreach (byte b in w)
-            {
-                int x = b switch { (byte)'A' or (byte)'a' => 0, (byte)'C' or (byte)'c' => 1, (byte)'G' or (byte)'g' => 2, (byte)'T' or (byte)'t' => 3, _ => -1 };
-                if (x < 0) { run = 0; continue; }
-                h = (h << 2) | (uint)x;
-                run++;
-                for (int k = 0; k < chains.Count; k++)
-                {
-                    int e = Math.Min(k, run - 1);                                      // the order this position can use
-                    ulong index = h & ((1UL << (2 * (e + 1))) - 1);                    // 4 * context + base
-                    bits[k] -= chains[e].Log2Probability((int)index);
-                    scored[k]++;
-                }
-            }
-        }
-        return chains.Select((_, k) => new MarkovScore(bits[k], scored[k])).ToArray();
-    }
 
     static Command BaselinesCommand()
     {
@@ -1102,8 +1046,8 @@ public static class DnaCli
                             MarkovChain.FitMany(chains, f.Slice(start, count));
                             bar.Advance(count, f.Name);
                         }
-                var valid = ValidationWindowBytes(WindowSource(human.Split("valid")), n, len, seedValue);
-                var scores = ScoreWindowsWithBackoff(chains, valid);
+                var valid = DnaTraining.ValidationWindowBytes(DnaDatasets.WindowSource(human.Split("valid")), n, len, seedValue);
+                var scores = MarkovChain.ScoreWithBackoff(chains, valid);
                 var table = new JsonArray(scores.Select((s, o) => (JsonNode?)new JsonObject
                 {
                     ["order"] = o, ["valid_bits_per_base"] = Json(s.BitsPerBase), ["scored_bases"] = s.Scored,

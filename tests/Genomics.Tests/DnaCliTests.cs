@@ -394,7 +394,7 @@ public sealed class DnaCliTests : IDisposable
     static byte[][] ValidWindows(string dataDir, int count, int length, long seed)
     {
         using var human = DnaDatasets.OpenHuman(dataDir);
-        return DnaCli.ValidationWindowBytes(DnaCli.WindowSource(human.Split("valid")), count, length, seed);
+        return DnaTraining.ValidationWindowBytes(DnaDatasets.WindowSource(human.Split("valid")), count, length, seed);
     }
 
     static double BitsPerBaseOfWindows(DnaLM lm, byte[][] windows)
