@@ -38,7 +38,6 @@ public static class Program
 
     // ---- options shared by several commands
     static Option<string?> ModelOption() => new("--model", "-m") { Description = "model folder (config.json + model.safetensors [+ tokenizer.json]); default: the embedded MambaByte" };
-    static Option<string> DeviceOption() => new("--device") { Description = "cpu, cuda, cuda:N or auto (CUDA when available)", DefaultValueFactory = _ => "auto" };
     static Option<bool> JsonOption() => new("--json") { Description = "machine-readable JSON on stdout" };
 
     static TextModel LoadModel(string? dir, string? device)
@@ -74,7 +73,7 @@ public static class Program
         var stop = new Option<string[]>("--stop") { Description = "stop when this string is generated (repeatable)", AllowMultipleArgumentsPerToken = false };
         var greedy = new Option<bool>("--greedy") { Description = "always take the most likely token" };
         var precision = new Option<string>("--precision") { Description = "weights for decoding: fp32, bf16 or int8 (CPU decode engine)", DefaultValueFactory = _ => "fp32" };
-        var device = DeviceOption();
+        var device = Cli.DeviceOption();
         var json = JsonOption();
         var cmd = new Command("generate", "Generate a continuation: prefill the prompt with the fast scan, then constant-time recurrent steps; text streams to stdout.")
         { prompt, promptFile, promptsFile, ids, model, maxNew, temperature, topK, topP, minP, repPenalty, seed, stop, greedy, precision, device, json };
@@ -226,7 +225,7 @@ public static class Program
         var files = new Argument<string[]>("files") { Description = "text files ('-' = standard input)", Arity = ArgumentArity.OneOrMore };
         var model = ModelOption();
         var window = new Option<int?>("--window") { Description = "context window in tokens (default: the training context, else 2048)" };
-        var device = DeviceOption();
+        var device = Cli.DeviceOption();
         var json = JsonOption();
         var cmd = new Command("score", "Bits per byte (and per token, and perplexity) of text files under the model.") { files, model, window, device, json };
         cmd.SetAction(pr => Cli.Guard(() =>
@@ -292,7 +291,7 @@ public static class Program
         var ckEvery = new Option<long>("--checkpoint-every") { Description = "checkpoint every N steps", DefaultValueFactory = _ => 250 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same data order)" };
         var seed = new Option<long>("--seed") { Description = "random seed", DefaultValueFactory = _ => 0 };
-        var device = DeviceOption();
+        var device = Cli.DeviceOption();
         var cmd = new Command("train", "Train a byte-level MambaByte model on the prepared corpus (AdamW, warm-up + cosine, clipping, atomic checkpoints, exact --resume).")
         { data, outDir, preset, steps, batch, seqLen, lr, warmup, wd, clip, precision, evalEvery, evalBytes, ckEvery, resume, seed, device };
         cmd.SetAction(pr => Cli.Guard(() =>
@@ -326,7 +325,7 @@ public static class Program
         var split = new Option<string>("--split") { Description = "valid or test", DefaultValueFactory = _ => "test" };
         var model = ModelOption();
         var window = new Option<int?>("--window") { Description = "context window in bytes (default: the training context)" };
-        var device = DeviceOption();
+        var device = Cli.DeviceOption();
         var json = JsonOption();
         var cmd = new Command("eval", "Bits per byte of a byte-level model on a split of the prepared corpus.") { data, split, model, window, device, json };
         cmd.SetAction(pr => Cli.Guard(() =>
@@ -378,7 +377,7 @@ public static class Program
         var model = new Option<string>("--model", "-m") { Description = "model folder", Required = true };
         var ids = new Option<string>("--ids") { Description = "token ids, e.g. 1,2,3", Required = true };
         var outFile = new Option<string>("--out", "-o") { Description = "output .npy (float32, shape [tokens, vocab])", Required = true };
-        var device = DeviceOption();
+        var device = Cli.DeviceOption();
         var cmd = new Command("logits", "Write the model's logits for a sequence of ids as a NumPy .npy file (interoperability checks).") { model, ids, outFile, device };
         cmd.SetAction(pr => Cli.Guard(() =>
         {

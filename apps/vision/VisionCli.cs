@@ -6,12 +6,15 @@
 //   info                         a model's (or a preset's) config and parameter count
 //   prepare-digits               OpenCV's digits.png -> a 28x28 IDX data folder (used by data/mnist-digits.sh)
 // Results go to stdout, diagnostics and progress to stderr; user errors are one line "error: ..." and exit code 1.
+// --device (Ssm.Apps.Cli.DeviceOption) defaults to auto: CUDA when available, with a one-line notice on stderr, else
+// the CPU; Devices.Resolve's ArgumentException for a bad name or a missing GPU is one of those one-line errors.
 using System.CommandLine;
 using System.Globalization;
 using System.IO.Enumeration;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using TorchSharp;
+using Ssm.Backbone;
 using Ssm.Backbone.IO;
 using static TorchSharp.torch;
 
@@ -65,12 +68,6 @@ public static class VisionCli
         HelpName = "DIR",
     };
 
-    static Option<string> DeviceOption() => new("--device")
-    {
-        Description = "cpu, cuda or cuda:N",
-        DefaultValueFactory = _ => "cpu",
-    };
-
     static Option<bool> JsonOption(string what) => new("--json") { Description = $"print {what} as JSON on stdout" };
 
     static Option<int> PositiveInt(string name, string description, int defaultValue)
@@ -78,19 +75,6 @@ public static class VisionCli
         var opt = new Option<int>(name) { Description = description, DefaultValueFactory = _ => defaultValue };
         opt.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError($"{name} must be at least 1"); });
         return opt;
-    }
-
-    static Device ParseDevice(string s)
-    {
-        string d = s.Trim().ToLowerInvariant();
-        if (d == "cpu") return torch.CPU;
-        if (d == "cuda" || (d.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(d[5..], NumberStyles.None, Inv, out _)))
-        {
-            if (!torch.cuda.is_available())
-                throw new UserError($"--device {s}: CUDA is not available here (this build's TorchSharp backend is CPU-only, or no GPU is visible; build with -p:TorchBackend=cuda on a CUDA machine)");
-            return torch.device(d);
-        }
-        throw new UserError($"--device must be cpu, cuda or cuda:N, not '{s}'");
     }
 
     static string ResolveModel(string? given, string defaultModel)
@@ -157,7 +141,7 @@ public static class VisionCli
         var topK = PositiveInt("--top-k", "how many labels to show per image", 3);
         var json = JsonOption("the predictions");
         var batch = PositiveInt("--batch-size", "images per forward pass", 64);
-        var device = DeviceOption();
+        var device = Ssm.Apps.Cli.DeviceOption();
         var invert = new Option<string>("--invert")
         {
             Description = "invert intensities: auto (for models trained on light-on-dark images, invert inputs with a light border), always, never",
@@ -172,7 +156,7 @@ public static class VisionCli
     static int Classify(TextWriter o, TextWriter e, string defaultModel, string[] inputs, string? modelDir, int topK, bool json,
         int batchSize, string device, InvertMode invert)
     {
-        var dev = ParseDevice(device);
+        var dev = Devices.Resolve(device, e);
         string dir = ResolveModel(modelDir, defaultModel);
         using var clf = ImageClassifier.Load(dir, dev);
         var errors = new List<(string File, string Error)>();
@@ -332,7 +316,7 @@ public static class VisionCli
             .AcceptOnlyFromAmong("auto", "on", "off");
         var seed = new Option<long>("--seed") { Description = "seed of the initialisation, data order and augmentation", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings and seed)" };
-        var device = DeviceOption();
+        var device = Ssm.Apps.Cli.DeviceOption();
         var evalEvery = new Option<long?>("--eval-every") { Description = "validate every N steps (default: every epoch; 0: only at the end)" };
         var ckEvery = new Option<long?>("--checkpoint-every") { Description = "checkpoint every N steps (default: every epoch; 0: only at the end)" };
         var logEvery = new Option<long>("--log-every") { Description = "a log.jsonl line every N steps", DefaultValueFactory = _ => 50 };
@@ -353,7 +337,7 @@ public static class VisionCli
                 Steps = pr.GetValue(steps), BatchSize = pr.GetValue(batch), LearningRate = pr.GetValue(lr), WeightDecay = pr.GetValue(wd),
                 WarmupSteps = pr.GetValue(warmup), LabelSmoothing = pr.GetValue(smoothing), CropPadding = pr.GetValue(crop),
                 HFlip = flip == "auto" ? null : flip == "on", Seed = pr.GetValue(seed), Resume = pr.GetValue(resume),
-                Device = ParseDevice(pr.GetValue(device)!), EvalEvery = pr.GetValue(evalEvery), CheckpointEvery = pr.GetValue(ckEvery),
+                Device = Devices.Resolve(pr.GetValue(device), e), EvalEvery = pr.GetValue(evalEvery), CheckpointEvery = pr.GetValue(ckEvery),
                 LogEvery = pr.GetValue(logEvery), TrainLimit = pr.GetValue(limit),
             };
             var s = ClassificationJob.Run(job, e, cancel);
@@ -388,7 +372,7 @@ public static class VisionCli
         var data = new Option<string>("--data") { Description = "prepared data folder", Required = true, HelpName = "DIR" };
         var split = new Option<string>("--split") { Description = "which split: test, val or train", DefaultValueFactory = _ => "test" };
         var batch = PositiveInt("--batch-size", "images per forward pass", 500);
-        var device = DeviceOption();
+        var device = Ssm.Apps.Cli.DeviceOption();
         var png = new Option<string?>("--confusion-png") { Description = "write the confusion matrix as a PNG heat map", HelpName = "FILE" };
         var errorsPng = new Option<string?>("--errors-png") { Description = "write a grid of up to 64 misclassified images", HelpName = "FILE" };
         var limit = new Option<int?>("--limit") { Description = "evaluate only the first N images of the split" };
@@ -399,7 +383,7 @@ public static class VisionCli
         };
         cmd.SetAction(pr => Guard(e, () =>
         {
-            var dev = ParseDevice(pr.GetValue(device)!);
+            var dev = Devices.Resolve(pr.GetValue(device), e);
             string dir = ResolveModel(pr.GetValue(model), defaultModel);
             using var clf = ImageClassifier.Load(dir, dev);
             var folder = DataFolder.Open(pr.GetValue(data)!);

@@ -112,6 +112,52 @@ public sealed class TextCliTests : IDisposable
     }
 
     [Fact]
+    public void TheDefaultDeviceIsAutoAndRunsOnTheCpuWithoutCuda()
+    {
+        var (code, stdout, stderr) = Run("generate", "--model", _model, "--ids", "5,6,7", "--greedy", "-n", "4", "--json");
+        Assert.True(code == 0, stderr);
+        bool notice = ConsoleCapture.Lines(stderr).Any(l => l.StartsWith("using CUDA", StringComparison.Ordinal));
+        Assert.Equal(torch.cuda.is_available(), notice);                 // auto says so exactly when it picks CUDA
+        if (!torch.cuda.is_available())
+        {
+            // On the CPU: the same tokens as an explicit --device cpu run.
+            var cpu = Run("generate", "--model", _model, "--ids", "5,6,7", "--greedy", "-n", "4", "--json", "--device", "cpu");
+            Assert.True(cpu.Code == 0, cpu.Err);
+            Assert.Equal(JsonNode.Parse(cpu.Out)!["ids"]!.ToJsonString(), JsonNode.Parse(stdout)!["ids"]!.ToJsonString());
+        }
+    }
+
+    [Fact]
+    public void ABadDeviceIsAOneLineErrorOnEveryCommandThatTakesIt()
+    {
+        string text = Path.Combine(_dir, "t.txt");
+        File.WriteAllText(text, "hello");
+        string[][] commands =
+        [
+            ["generate", "--model", _model, "--ids", "1,2"],
+            ["score", text, "--model", _model],
+            ["eval", "--model", _model, "--data", Path.Combine(_dir, "no-corpus")],
+            ["logits", "--model", _model, "--ids", "1,2", "--out", Path.Combine(_dir, "l.npy")],
+            ["train", "--data", Path.Combine(_dir, "no-corpus"), "--out", Path.Combine(_dir, "run")],
+        ];
+        foreach (var args in commands)
+        {
+            var r = Run([.. args, "--device", "bogus"]);
+            string line = ConsoleCapture.AssertOneLineError(r);
+            Assert.Contains("--device bogus", line);
+        }
+        Assert.False(File.Exists(Path.Combine(_dir, "l.npy")));
+        Assert.False(Directory.Exists(Path.Combine(_dir, "run")), "train must fail before it writes anything");
+        // The help shows the shared option's default.
+        foreach (var command in new[] { "generate", "score", "train", "eval", "logits" })
+        {
+            var (code, o, _) = Run(command, "--help");
+            Assert.Equal(0, code);
+            Assert.Contains("[default: auto]", ConsoleCapture.Lines(o).Single(l => l.StartsWith("--device", StringComparison.Ordinal)));
+        }
+    }
+
+    [Fact]
     public void ALongPromptIsAcceptedWithANote()
     {
         string prompt = new string('a', 100);                            // the model was "trained" on 64-byte windows

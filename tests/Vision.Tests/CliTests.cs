@@ -182,7 +182,7 @@ public sealed class CliTests : IDisposable
         }
         (code, _, e) = Run("classify", "--model", _model, "--device", "tpu", Img("grey.png"));
         Assert.Equal(1, code);
-        Assert.Contains("--device must be", e);
+        Assert.Contains("--device tpu: expected cpu, cuda, cuda:N or auto", e);
         (code, _, e) = Run("classify", "--model", _model, "--top-k", "0", Img("grey.png"));
         Assert.NotEqual(0, code);
         Assert.Contains("--top-k must be at least 1", e);
