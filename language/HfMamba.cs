@@ -509,12 +509,16 @@ public static class HfMamba
         return Encoding.UTF8.GetString(buffer.WrittenSpan) + "\n";
     }
 
-    /// <summary>A JSON number; an infinity the way Python's json module writes it (transformers reads it back).</summary>
+    /// <summary>A JSON number the way Python's json module writes a float: an integral value keeps its ".0" (transformers
+    /// 5's strict config dataclasses reject `"time_step_scale": 1` as an int where a float is declared), and an infinity
+    /// is written as Infinity (transformers reads it back).</summary>
     static void WriteDouble(Utf8JsonWriter w, double v)
     {
         if (double.IsPositiveInfinity(v)) w.WriteRawValue("Infinity", skipInputValidation: true);
         else if (double.IsNegativeInfinity(v)) w.WriteRawValue("-Infinity", skipInputValidation: true);
         else if (double.IsNaN(v)) throw new ArgumentException("NaN in a config value");
+        else if (Math.Abs(v) < 1e16 && v == Math.Floor(v))
+            w.WriteRawValue(((long)v).ToString(System.Globalization.CultureInfo.InvariantCulture) + ".0", skipInputValidation: true);
         else w.WriteNumberValue(v);
     }
 

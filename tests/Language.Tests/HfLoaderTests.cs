@@ -107,6 +107,32 @@ public class HfLoaderTests
         Assert.Equal(Row(r.GenerateIds)[..L], Row(r.Ids)[..L]);
     }
 
+    // transformers 5 validates config fields by type: a float field written as `1` (an int) is rejected at load, which is
+    // how peer.py's first run on the GPU machine failed. Every key that transformers itself wrote as a float must come
+    // out of ConfigJson as a float literal with the same value.
+    [Theory]
+    [MemberData(nameof(Fixtures))]
+    public void ConfigJsonWritesFloatsAsTransformersDoes(string name)
+    {
+        var info = Ssm.Language.HfMamba.ReadConfig(Fixture(name));
+        using var theirs = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(Fixture(name), "config.json")));
+        using var ours = System.Text.Json.JsonDocument.Parse(Ssm.Language.HfMamba.ConfigJson(info.Config).Replace("Infinity", "1e999"),
+            new System.Text.Json.JsonDocumentOptions { AllowTrailingCommas = false });
+        int floats = 0;
+        foreach (var p in theirs.RootElement.EnumerateObject())
+        {
+            if (p.Value.ValueKind != System.Text.Json.JsonValueKind.Number) continue;
+            string raw = p.Value.GetRawText();
+            if (!raw.Contains('.') && !raw.Contains('e') && !raw.Contains('E')) continue;
+            Assert.True(ours.RootElement.TryGetProperty(p.Name, out var mine), $"{p.Name} missing");
+            string mineRaw = mine.GetRawText();
+            Assert.True(mineRaw.Contains('.') || mineRaw.Contains('e') || mineRaw.Contains('E'), $"{p.Name}: {mineRaw} is not a float literal (theirs {raw})");
+            Assert.Equal(p.Value.GetDouble(), mine.GetDouble(), 12);
+            floats++;
+        }
+        Assert.True(floats >= 5, $"only {floats} float keys in the fixture");
+    }
+
     [Fact]
     public void ConfigMapsEveryKeyThatChangesTheMath()
     {
