@@ -72,7 +72,7 @@ public static class Program
         var seed = new Option<long>("--seed") { Description = "random seed (the same seed gives the same text)", DefaultValueFactory = _ => 0 };
         var stop = new Option<string[]>("--stop") { Description = "stop when this string is generated (repeatable)", AllowMultipleArgumentsPerToken = false };
         var greedy = new Option<bool>("--greedy") { Description = "always take the most likely token" };
-        var precision = new Option<string>("--precision") { Description = "weights for decoding: fp32, bf16 or int8 (CPU decode engine)", DefaultValueFactory = _ => "fp32" };
+        var precision = new Option<string>("--precision") { Description = "weights for decoding: fp32, bf16 or int8 (int8: CPU only; bf16 on CUDA casts the model, SSM parameters stay fp32)", DefaultValueFactory = _ => "fp32" };
         var device = Cli.DeviceOption();
         var json = JsonOption();
         var cmd = new Command("generate", "Generate a continuation: prefill the prompt with the fast scan, then constant-time recurrent steps; text streams to stdout.")
@@ -175,6 +175,14 @@ public static class Program
         var decoder = stream ? new IncrementalDecoder(decode!) : null;
         var stdout = Console.Out;
         if (stream) { stdout.Write(tok!.Decode(prompts[0])); stdout.Flush(); }
+        // On CUDA the decode engine reads the model's own weights: bf16 there means casting the model (SSM parameters
+        // and states stay float32); int8 is a CPU-engine format.
+        if (tm.Model.backbone.embeddings.weight!.device_type == DeviceType.CUDA && weights != WeightFormat.Float32)
+        {
+            if (weights == WeightFormat.Int8) throw new UsageException("--precision int8 is a CPU decode format; on CUDA use fp32 or bf16");
+            Ssm.Backbone.Training.MixedPrecision.Apply(tm.Model, Ssm.Backbone.Training.Precision.Bf16);
+            weights = WeightFormat.Float32;
+        }
         using var generator = new TokenGenerator(tm.Model, DecodeBackend.Auto, weights);
         var longPrompts = prompts.Select(p => (IReadOnlyList<long>)p.Select(i => (long)i).ToArray()).ToList();
         var results = generator.GenerateBatch(longPrompts, options,

@@ -75,6 +75,20 @@ public static class SelfTest
                     impl: x[0].device_type == DeviceType.CPU ? ScanImpl.Reference : impl).y });
             });
         }
+        // The tiled CUDA kernel takes channel groups of a multiple of 32 and n <= 32 (n <= 16 and n <= 32 are two
+        // instantiations); the shapes above go to the general kernel. l = 70 covers partial tiles of 32 and 16.
+        foreach (var (d, n, groups) in new[] { (64L, 16L, 2L), (32L, 24L, 1L) })
+        {
+            Check($"selective scan (tiled shapes d={d} n={n}, fwd+bwd)", 1e-4, g =>
+            {
+                long b = 2, l = 70;
+                var inputs = new[] { R(g, b, d, l), R(g, b, d, l) * 0.5, -torch.rand(d, n, ScalarType.Float64, generator: g) - 0.1,
+                    R(g, b, groups, n, l), R(g, b, groups, n, l), R(g, d), R(g, b, d, l), R(g, d) * 0.5 };
+                return (inputs, x => new[] { SelectiveScan.Forward(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], deltaSoftplus: true,
+                    impl: x[0].device_type == DeviceType.CPU ? ScanImpl.Reference : ScanImpl.Auto).y });
+            });
+        }
+        if (device.type == DeviceType.CUDA) CudaOnlyChecks(device, seed, results);
         Check("SSD chunk scan (fwd+bwd)", 1e-4, g =>
         {
             long b = 2, l = 50, h = 4, p = 8, n = 16;
@@ -105,6 +119,78 @@ public static class SelfTest
         Check("Mamba block (fwd+bwd, all parameters)", 2e-4, g => BlockCheck(g));
         Check("training step (AdamW, MambaLM)", 2e-4, g => TrainStepCheck(g));
         return results;
+    }
+
+    /// <summary>
+    /// Checks with no float64 CPU twin: the bfloat16 scan against the float32 scan on the same (bf16-rounded) inputs,
+    /// and the fused CUDA decode step (graph and direct launches) against MambaLM.Step, float32 and bfloat16 weights.
+    /// </summary>
+    static void CudaOnlyChecks(Device device, long seed, List<SelfTestResult> results)
+    {
+        void Add(string op, double tol, Func<double> run)
+        {
+            var clock = Stopwatch.StartNew();
+            try
+            {
+                using var scope = torch.NewDisposeScope();
+                double err = run();
+                results.Add(new SelfTestResult(op, err <= tol, err, tol, clock.Elapsed.TotalMilliseconds, null));
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                results.Add(new SelfTestResult(op, false, double.NaN, tol, clock.Elapsed.TotalMilliseconds, e.Message.Split('\n')[0]));
+            }
+        }
+        Add("selective scan bf16 vs fp32 (fwd+bwd)", 3e-2, () =>
+        {
+            var g = new Generator((ulong)(seed + 101));
+            long b = 2, d = 64, l = 70, n = 16;
+            Tensor R(params long[] shape) => torch.randn(shape, ScalarType.Float32, generator: g).to(ScalarType.BFloat16).to(device);
+            var u = R(b, d, l); var dl = R(b, d, l) * 0.5; var B = R(b, 1, n, l); var C = R(b, 1, n, l); var z = R(b, d, l);
+            var A = (-torch.rand(d, n, generator: g) - 0.1).to(device);
+            var D = torch.randn(d, generator: g).to(device);
+            var bias = (torch.randn(d, generator: g) * 0.5).to(device);
+            double err = 0;
+            var outs = new List<Tensor[]>();
+            foreach (var dt in new[] { ScalarType.BFloat16, ScalarType.Float32 })
+            {
+                var leaves = new[] { u, dl, B, C, z }.Select(t => t.to(dt).detach().requires_grad_(true)).ToArray();
+                var (y, _) = SelectiveScan.Forward(leaves[0], leaves[1], A, leaves[2], leaves[3], D, leaves[4], bias, deltaSoftplus: true);
+                var grads = torch.autograd.grad(new[] { y.to(ScalarType.Float32).sum() }, leaves);
+                outs.Add(new[] { y }.Concat(grads).ToArray());
+            }
+            for (int i = 0; i < outs[0].Length; i++) err = Math.Max(err, Rel(outs[0][i], outs[1][i]));
+            return err;
+        });
+        foreach (var precision in new[] { Precision.Fp32, Precision.Bf16 })
+            foreach (bool graph in new[] { true, false })
+                Add($"CUDA decode step ({(precision == Precision.Fp32 ? "fp32" : "bf16")} weights, {(graph ? "graph" : "launches")}) vs MambaLM.Step",
+                    precision == Precision.Fp32 ? 1e-4 : 5e-2, () => DecodeCheck(device, seed, precision, graph));
+    }
+
+    /// <summary>Prefill 5 tokens, then 6 steps of a batch of 3 through MambaLM.Step and through the CUDA engine.</summary>
+    static double DecodeCheck(Device device, long seed, Precision precision, bool graph)
+    {
+        torch.manual_seed(seed + 13);
+        var lm = new MambaLM(new MambaLMConfig(100, 64, 2, Mamba: new MambaConfig(64, DState: 16)));
+        MixedPrecision.MoveTo(lm, device);
+        MixedPrecision.Apply(lm, precision);
+        using var noGrad = torch.no_grad();
+        using var engine = new Generation.CudaDecodeEngine(lm, graph);
+        var ids = torch.randint(0, 100, new long[] { 3, 11 }, generator: new Generator((ulong)seed + 17)).to(device);
+        using var s1 = lm.AllocateState(3);
+        using var s2 = lm.AllocateState(3);
+        lm.Forward(ids[.., ..5], s1);
+        lm.Forward(ids[.., ..5], s2);
+        double err = 0;
+        for (int t = 5; t < 11; t++)
+        {
+            var a = lm.Step(ids[.., t], s1);
+            var e = engine.Step(ids[.., t], s2);
+            err = Math.Max(err, Rel(e, a));
+        }
+        for (int i = 0; i < s1.Layers.Count; i++) err = Math.Max(err, Rel(s2.Layers[i].Ssm, s1.Layers[i].Ssm));
+        return err;
     }
 
     // A Mamba mixer with the same random weights on both sides: its output, and the gradients of a fixed projection of

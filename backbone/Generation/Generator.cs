@@ -59,11 +59,11 @@ public enum StopReason { MaxNewTokens, EndOfSequence, StopString }
 /// <summary>How a <see cref="TokenGenerator"/> computes the logits of the next token.</summary>
 public enum DecodeBackend
 {
-    /// <summary>DecodeEngine when the model supports it (Mamba-1, float32 on the CPU), otherwise Model.</summary>
+    /// <summary>The engine when the model supports it (Mamba-1: float32 on the CPU, float32 or bfloat16 on CUDA), otherwise Model.</summary>
     Auto,
     /// <summary>MambaLM.Step (any mixer, any device).</summary>
     Model,
-    /// <summary>DecodeEngine (Mamba-1 on the CPU), weights in the chosen format.</summary>
+    /// <summary>Mamba-1: DecodeEngine on the CPU (weights in the chosen format), CudaDecodeEngine on CUDA.</summary>
     Engine,
     /// <summary>Baseline: a full forward pass over the whole sequence for every new token.</summary>
     FullForward,
@@ -82,6 +82,7 @@ public sealed class TokenGenerator : IDisposable
 {
     readonly MambaLM model;
     readonly DecodeEngine? engine;
+    readonly CudaDecodeEngine? cudaEngine;
 
     public DecodeBackend Backend { get; }
 
@@ -94,6 +95,22 @@ public sealed class TokenGenerator : IDisposable
         DecodeImpl impl = DecodeImpl.Fused)
     {
         this.model = model;
+        if (model.backbone.embeddings.weight!.device_type == DeviceType.CUDA)
+        {
+            // On CUDA the engine is CudaDecodeEngine, which reads the model's own weights (float32, or bfloat16 after
+            // MixedPrecision.Apply): other decode-weight formats are a CPU feature.
+            var whyCuda = CudaDecodeEngine.Unsupported(model);
+            if (weights != WeightFormat.Float32)
+                throw new NotSupportedException($"{weights} decode weights are a CPU-engine format; on CUDA the engine decodes with the model's own weights (cast the model to bfloat16 instead)");
+            if (backend == DecodeBackend.Auto) backend = whyCuda is null ? DecodeBackend.Engine : DecodeBackend.Model;
+            if (backend == DecodeBackend.Engine)
+            {
+                if (whyCuda is not null) throw new NotSupportedException(whyCuda);
+                cudaEngine = new CudaDecodeEngine(model);
+            }
+            Backend = backend;
+            return;
+        }
         var why = DecodeEngine.Unsupported(model);
         if (backend == DecodeBackend.Auto)
             backend = why is null ? DecodeBackend.Engine
@@ -106,6 +123,9 @@ public sealed class TokenGenerator : IDisposable
         }
         Backend = backend;
     }
+
+    /// <summary>The CUDA decode engine in use, if any.</summary>
+    public CudaDecodeEngine? CudaEngine => cudaEngine;
 
     /// <summary>The decode engine in use, if any.</summary>
     public DecodeEngine? Engine => engine;
@@ -197,7 +217,7 @@ public sealed class TokenGenerator : IDisposable
                 active = keep;
                 using var ids = torch.tensor(active.Select(i => run.Last(i)).ToArray(), ScalarType.Int64, run.Device);
                 clock.Restart();
-                logits = engine is not null ? engine.Step(ids, state) : model.Step(ids, state);
+                logits = engine is not null ? engine.Step(ids, state) : cudaEngine is not null ? cudaEngine.Step(ids, state) : model.Step(ids, state);
             }
         }
         finally
@@ -262,7 +282,7 @@ public sealed class TokenGenerator : IDisposable
             ls.Conv?.index_select(0, idx).contiguous(), ls.Ssm.index_select(0, idx).contiguous())).ToList());
     }
 
-    public void Dispose() => engine?.Dispose();
+    public void Dispose() { engine?.Dispose(); cudaEngine?.Dispose(); }
 
     // ------------------------------------------------------------------------------------------ per-call bookkeeping
 
