@@ -11,7 +11,8 @@
 //
 // Three implementations, all device- and dtype-generic and tested against each other:
 //   Reference  the sequential loop (selective_scan_ref), kept as the oracle.
-//   Fused      CUDA float32 tensors with libssm_cuda.so loaded: the CUDA kernel (SelectiveScanCudaKernel), same contract.
+//   Fused      CUDA tensors with libssm_cuda.so loaded: the CUDA kernels (SelectiveScanCudaKernel), same contract;
+//              bfloat16 activations are read as they are (n <= 32), states and arithmetic stay float32.
 //              CPU tensors: one pass of a C# kernel (SelectiveScanCpuKernel) over raw memory: Δ's bias and
 //              softplus, the scan, C·h, D skip and z gate; the (b, d, l, n) state is never materialised and
 //              the hand-written backward recomputes it per channel.
@@ -41,10 +42,7 @@ public static class SelectiveScan
         Validate(u, delta, A, B, C, D, z, deltaBias);
         using var scope = torch.NewDisposeScope();
         var ct = ComputeType(u);
-        var uc = u.to_type(ct);
         var Ac = A.to_type(ct);
-        var Bg = Grouped(B).to_type(ct);                                        // (b g n l)
-        var Cg = Grouped(C).to_type(ct);
         if (impl == ScanImpl.Auto)
             impl = u.device_type == DeviceType.CPU || (u.device_type == DeviceType.CUDA && ct == ScalarType.Float32 && SelectiveScanCudaKernel.Available)
                 ? ScanImpl.Fused : ScanImpl.Chunked;
@@ -60,13 +58,24 @@ public static class SelectiveScan
         if (impl == ScanImpl.Fused)
         {
             // One pass: Δ's bias and softplus, the scan, D skip and z gate all inside the kernel.
-            (outp, last) = u.device_type == DeviceType.CUDA
-                ? SelectiveScanCudaKernel.Apply(uc, delta.to_type(ct), Ac, Bg, Cg, D?.to_type(ct), z?.to_type(ct), deltaBias?.to_type(ct), deltaSoftplus)
-                : SelectiveScanCpuKernel.Apply(uc, delta.to_type(ct), Ac, Bg, Cg, D?.to_type(ct), z?.to_type(ct), deltaBias?.to_type(ct), deltaSoftplus);
+            if (u.device_type == DeviceType.CUDA)
+            {
+                // bfloat16 activations reach the tiled kernel as they are (it reads them and computes in float32);
+                // anything else runs in float32. A, D and the Δ bias are float32 parameters either way.
+                var act = u.dtype == ScalarType.BFloat16 && SelectiveScanCudaKernel.TiledFits(u.shape[1], A.shape[1], Grouped(B).shape[1])
+                    ? ScalarType.BFloat16 : ct;
+                (outp, last) = SelectiveScanCudaKernel.Apply(u.to_type(act), delta.to_type(act), Ac, Grouped(B).to_type(act),
+                    Grouped(C).to_type(act), D?.to_type(ct), z?.to_type(act), deltaBias?.to_type(ct), deltaSoftplus);
+            }
+            else
+                (outp, last) = SelectiveScanCpuKernel.Apply(u.to_type(ct), delta.to_type(ct), Ac, Grouped(B).to_type(ct), Grouped(C).to_type(ct), D?.to_type(ct), z?.to_type(ct), deltaBias?.to_type(ct), deltaSoftplus);
             outp = outp.to_type(u.dtype);
         }
         else
         {
+            var uc = u.to_type(ct);
+            var Bg = Grouped(B).to_type(ct);                                    // (b g n l)
+            var Cg = Grouped(C).to_type(ct);
             var dc = Discretization.StepSize(delta.to_type(ct), deltaBias?.to_type(ct).unsqueeze(-1), deltaSoftplus); // (b d l)
             Tensor y;
             (y, last) = impl == ScanImpl.Chunked ? Chunked(uc, dc, Ac, Bg, Cg) : Sequential(uc, dc, Ac, Bg, Cg);

@@ -1,11 +1,14 @@
-// The fused CUDA kernel of the selective scan core (backbone/Native/cuda/selective_scan.cu), wired into autograd.
+// The fused CUDA kernels of the selective scan core, wired into autograd:
+//   tiled (backbone/Native/cuda/selective_scan_tiled.cu): n <= 32 with channel groups of a multiple of 32 (every
+//     Mamba-1 model); float32 or bfloat16 activations with float32 parameters, states and arithmetic; the forward
+//     saves the state every 16 steps when a backward will follow, and the backward recomputes the rest.
+//   warp (backbone/Native/cuda/selective_scan.cu): any n <= 256, float32; the backward recomputes every state.
 // Same contract as SelectiveScanCpuKernel: one pass computes Δ (bias, softplus), the scan, C·h, the D skip and the z
-// gate with each channel's state in registers; the backward recomputes states chunk by chunk instead of storing them.
-// The kernels live in libssm_cuda.so, built with nvcc by backbone/Native/cuda/build.sh and loaded at run time from
-// $SSM_CUDA_LIB or the app's folder; when it is absent, SelectiveScan falls back to the tensor-op path.
-using System.Runtime.InteropServices;
+// gate with each channel's state in registers, so the expanded state (b, d, l, n) never reaches device memory.
+// The kernels live in libssm_cuda.so (Native.CudaLib); without it SelectiveScan uses the tensor-op path.
 using TorchSharp;
 using static TorchSharp.torch;
+using CudaLib = Ssm.Backbone.Native.CudaLib;
 
 namespace Ssm.Backbone.Scans;
 
@@ -13,23 +16,33 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
 {
     public override string Name => "SelectiveScanCuda";
 
-    static readonly Lazy<Native?> Lib = new(Native.TryLoad);
+    static readonly Lazy<Exports?> Lib = new(Exports.TryLoad);
 
     /// <summary>Whether libssm_cuda.so was found and loaded (and why not, otherwise).</summary>
     public static bool Available => Lib.Value is not null;
-    public static string Status => Lib.Value is { } l ? $"loaded from {l.Path}" : Native.LoadError ?? "not loaded";
+    public static string Status => Lib.Value is not null ? CudaLib.Status : CudaLib.Available ? "libssm_cuda.so lacks the scan exports (rebuild it)" : CudaLib.Status;
 
+    /// <summary>Whether the tiled kernel takes these sizes (and so bfloat16 inputs without a float32 copy).</summary>
+    public static bool TiledFits(long d, long n, long g) => Lib.Value is { } lib && lib.TiledFits((int)d, (int)n, (int)g) != 0;
+
+    /// <summary>
+    /// u, deltaRaw, z (b d l), B, C (b g n l): float32, or bfloat16 when <see cref="TiledFits"/>; A (d n), D, deltaBias (d)
+    /// float32. Returns y (b d l) in u's dtype and the last state (b d n) in float32.
+    /// </summary>
     public static (Tensor y, Tensor last) Apply(Tensor u, Tensor deltaRaw, Tensor A, Tensor B, Tensor C,
         Tensor? D, Tensor? z, Tensor? deltaBias, bool softplus)
     {
-        if (u.device_type != DeviceType.CUDA || u.dtype != ScalarType.Float32)
-            throw new ArgumentException("the CUDA selective-scan kernel runs on float32 CUDA tensors");
-        using var none = torch.empty(0, u.dtype, u.device);
-        var outs = apply(u, deltaRaw, A, B, C, D ?? none, z ?? none, deltaBias ?? none, softplus);
+        if (!Available) throw new InvalidOperationException($"the fused CUDA scan is not available: {Status}");
+        if (u.device_type != DeviceType.CUDA || (u.dtype != ScalarType.Float32 && u.dtype != ScalarType.BFloat16))
+            throw new ArgumentException("the CUDA selective-scan kernel runs on float32 or bfloat16 CUDA tensors");
+        using var none = torch.empty(0, ScalarType.Float32, u.device);
+        bool saveStates = torch.is_grad_enabled() && new[] { u, deltaRaw, A, B, C, D, z, deltaBias }.Any(t => t is not null && t.requires_grad);
+        var outs = apply(u, deltaRaw, A, B, C, D ?? none, z ?? none, deltaBias ?? none, softplus, saveStates);
         return (outs[0], outs[1]);
     }
 
-    static float* P(Tensor t) => t.numel() == 0 ? null : (float*)Ssm.Backbone.Native.TensorPointer.Of(t);
+    static void* P(Tensor t) => t.numel() == 0 ? null : (void*)Ssm.Backbone.Native.TensorPointer.Of(t);
+    static float* F(Tensor t) => (float*)P(t);
 
     // Why the bookkeeping below: on CUDA, autograd runs backward on its own device thread, where no dispose scope of
     // the caller is active, and TorchSharp's custom-function node keeps its own references to the gradients we return.
@@ -48,22 +61,40 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
         ReleaseReturned();
         using var noGrad = torch.no_grad();
         var u = ((Tensor)vars[0]).contiguous();
-        var delta = ((Tensor)vars[1]).contiguous();
         var A = ((Tensor)vars[2]).contiguous();
-        var Bt = ((Tensor)vars[3]).transpose(2, 3).contiguous();                 // (b g l n)
-        var Ct = ((Tensor)vars[4]).transpose(2, 3).contiguous();
+        int b = (int)u.shape[0], d = (int)u.shape[1], l = (int)u.shape[2], n = (int)A.shape[1], g = (int)((Tensor)vars[3]).shape[1];
+        bool tiled = Lib.Value!.TiledFits(d, n, g) != 0;
+        // The warp kernel is float32 only; the tiled one reads every activation in u's dtype.
+        var act = tiled ? u.dtype : ScalarType.Float32;
+        u = u.to_type(act);
+        var delta = ((Tensor)vars[1]).to_type(act).contiguous();
+        var Bt = ((Tensor)vars[3]).to_type(act).transpose(2, 3).contiguous();   // (b g l n)
+        var Ct = ((Tensor)vars[4]).to_type(act).transpose(2, 3).contiguous();
         var D = ((Tensor)vars[5]).contiguous();
-        var z = ((Tensor)vars[6]).contiguous();
+        var z = ((Tensor)vars[6]).numel() == 0 ? ((Tensor)vars[6]).contiguous() : ((Tensor)vars[6]).to_type(act).contiguous();
         var bias = ((Tensor)vars[7]).contiguous();
-        bool softplus = (bool)vars[8];
-        int b = (int)u.shape[0], d = (int)u.shape[1], l = (int)u.shape[2], n = (int)A.shape[1], g = (int)Bt.shape[1];
+        bool softplus = (bool)vars[8], save = (bool)vars[9];
         var y = torch.empty_like(u);
-        var last = torch.empty(new long[] { b, d, n }, u.dtype, u.device);
-        Check(Lib.Value!.Fwd(P(u), P(delta), P(A), P(Bt), P(Ct), P(D), P(z), P(bias), softplus ? 1 : 0, P(y), P(last), b, d, l, n, g));
-        ctx.save_for_backward(new List<Tensor> { u, delta, A, Bt, Ct, D, z, bias });
+        var last = torch.empty(new long[] { b, d, n }, ScalarType.Float32, u.device);
+        Tensor ck;
+        if (tiled)
+        {
+            ck = save ? torch.empty(Lib.Value.CkFloats(b, d, l, n), ScalarType.Float32, u.device) : torch.empty(0, ScalarType.Float32, u.device);
+            Check(Lib.Value.TiledFwd(act == ScalarType.BFloat16 ? 1 : 0, P(u), P(delta), F(A), P(Bt), P(Ct), F(D), P(z), F(bias),
+                softplus ? 1 : 0, P(y), F(last), F(ck), b, d, l, n, g));
+        }
+        else
+        {
+            ck = torch.empty(0, ScalarType.Float32, u.device);
+            Check(Lib.Value.Fwd(F(u), F(delta), F(A), F(Bt), F(Ct), F(D), F(z), F(bias), softplus ? 1 : 0, F(y), F(last), b, d, l, n, g));
+        }
+        if (save) ctx.save_for_backward(new List<Tensor> { u, delta, A, Bt, Ct, D, z, bias, ck });
         ctx.save_data("softplus", softplus);
+        ctx.save_data("tiled", tiled);
+        ctx.save_data("dtypes", new[] { ((Tensor)vars[0]).dtype, ((Tensor)vars[1]).dtype, ((Tensor)vars[3]).dtype, ((Tensor)vars[4]).dtype, ((Tensor)vars[6]).dtype });
         ctx.set_materialize_grads(false);
-        return new List<Tensor> { y, last };
+        var outY = y.to_type(((Tensor)vars[0]).dtype);
+        return new List<Tensor> { outY, last };
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
@@ -72,27 +103,36 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var s = ctx.get_saved_variables();
-        Tensor u = s[0], delta = s[1], A = s[2], Bt = s[3], Ct = s[4], D = s[5], z = s[6], bias = s[7];
-        bool softplus = (bool)ctx.get_data("softplus");
+        if (s.Count == 0) throw new InvalidOperationException("the CUDA selective scan ran without saving states: call it with grad enabled for a backward");
+        Tensor u = s[0], delta = s[1], A = s[2], Bt = s[3], Ct = s[4], D = s[5], z = s[6], bias = s[7], ck = s[8];
+        bool softplus = (bool)ctx.get_data("softplus"), tiled = (bool)ctx.get_data("tiled");
+        var dtypes = (ScalarType[])ctx.get_data("dtypes");
         int b = (int)u.shape[0], d = (int)u.shape[1], l = (int)u.shape[2], n = (int)A.shape[1], g = (int)Bt.shape[1];
-        var gy = (grads[0] is { IsInvalid: false } g0 && g0.numel() > 0 ? g0 : torch.zeros_like(u)).contiguous();
-        var gLast = (grads[1] is { IsInvalid: false } g1 && g1.numel() > 0 ? g1 : torch.zeros(new long[] { b, d, n }, u.dtype, u.device)).contiguous();
+        var gy = (grads[0] is { IsInvalid: false } g0 && g0.numel() > 0 ? g0.to_type(u.dtype) : torch.zeros_like(u)).contiguous();
+        var gLast = (grads[1] is { IsInvalid: false } g1 && g1.numel() > 0 ? g1 : torch.zeros(new long[] { b, d, n }, ScalarType.Float32, u.device)).contiguous();
         var gu = torch.empty_like(u);
         var gdelta = torch.empty_like(u);
-        var gA = torch.zeros_like(A);
-        var gBt = torch.zeros_like(Bt);
-        var gCt = torch.zeros_like(Ct);
-        var gD = torch.zeros_like(D);
         var gz = torch.empty_like(z);
+        var gA = torch.zeros_like(A);
+        var gD = torch.zeros_like(D);
         var gbias = torch.zeros_like(bias);
-        using var scratch = torch.empty(Lib.Value!.ScratchFloats(b, d, l, n), u.dtype, u.device);
-        Check(Lib.Value.Bwd(P(u), P(delta), P(A), P(Bt), P(Ct), P(D), P(z), P(bias), softplus ? 1 : 0, P(gy), P(gLast),
-            P(gu), P(gdelta), P(gA), P(gBt), P(gCt), P(gD), P(gz), P(gbias), P(scratch), b, d, l, n, g));
+        var gBt = torch.zeros(Bt.shape, ScalarType.Float32, u.device);               // accumulated by atomics: float32
+        var gCt = torch.zeros(Ct.shape, ScalarType.Float32, u.device);
+        if (tiled)
+            Check(Lib.Value!.TiledBwd(u.dtype == ScalarType.BFloat16 ? 1 : 0, P(u), P(delta), F(A), P(Bt), P(Ct), F(D), P(z), F(bias),
+                softplus ? 1 : 0, F(ck), P(gy), F(gLast), P(gu), P(gdelta), F(gA), F(gBt), F(gCt), F(gD), P(gz), F(gbias), b, d, l, n, g));
+        else
+        {
+            using var scratch = torch.empty(Lib.Value!.ScratchFloats(b, d, l, n), ScalarType.Float32, u.device);
+            Check(Lib.Value.Bwd(F(u), F(delta), F(A), F(Bt), F(Ct), F(D), F(z), F(bias), softplus ? 1 : 0, F(gy), F(gLast),
+                F(gu), F(gdelta), F(gA), F(gBt), F(gCt), F(gD), F(gz), F(gbias), F(scratch), b, d, l, n, g));
+        }
         Tensor? Present(Tensor grad, Tensor input) => input.numel() == 0 ? null : grad;
         var result = new List<Tensor>
         {
-            gu, gdelta, gA, gBt.transpose(2, 3), gCt.transpose(2, 3),
-            Present(gD, D)!, Present(gz, z)!, Present(gbias, bias)!, null!,
+            gu.to_type(dtypes[0]), gdelta.to_type(dtypes[1]), gA,
+            gBt.transpose(2, 3).to_type(dtypes[2]), gCt.transpose(2, 3).to_type(dtypes[3]),
+            Present(gD, D)!, z.numel() == 0 ? null! : gz.to_type(dtypes[4]), Present(gbias, bias)!, null!, null!,
         };
         foreach (var t in result)
             if (t is not null) { t.MoveToOuterDisposeScope(); Returned.Enqueue(t); }
@@ -101,47 +141,42 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
 
     static void Check(int code)
     {
-        if (code != 0) throw new InvalidOperationException($"CUDA selective scan failed: {Lib.Value!.Error(code)}");
+        if (code != 0) throw new InvalidOperationException($"CUDA selective scan failed: {CudaLib.Error(code)}");
     }
 
-    sealed class Native
+    /// <summary>The scan's exports of libssm_cuda.so (null when the library or any export is missing).</summary>
+    sealed class Exports
     {
-        public required string Path { get; init; }
         public required delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, float*, float*, int, int, int, int, int, int> Fwd { get; init; }
         public required delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, float*, float*,
             float*, float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int> Bwd { get; init; }
         public required delegate* unmanaged<int, int, int, int, long> ScratchFloats { get; init; }
-        public required delegate* unmanaged<int, IntPtr> ErrorText { get; init; }
+        public required delegate* unmanaged<int, int, int, int> TiledFits { get; init; }
+        public required delegate* unmanaged<int, int, int, int, long> CkFloats { get; init; }
+        public required delegate* unmanaged<int, void*, void*, float*, void*, void*, float*, void*, float*, int, void*, float*, float*,
+            int, int, int, int, int, int> TiledFwd { get; init; }
+        public required delegate* unmanaged<int, void*, void*, float*, void*, void*, float*, void*, float*, int, float*, void*, float*,
+            void*, void*, float*, float*, float*, float*, void*, float*, int, int, int, int, int, int> TiledBwd { get; init; }
 
-        public string Error(int code) => Marshal.PtrToStringAnsi(ErrorText(code)) ?? $"error {code}";
-
-        public static string? LoadError { get; private set; }
-
-        public static Native? TryLoad()
+        public static Exports? TryLoad()
         {
-            var candidates = new List<string>();
-            if (Environment.GetEnvironmentVariable("SSM_CUDA_LIB") is { Length: > 0 } env) candidates.Add(env);
-            candidates.Add(System.IO.Path.Combine(AppContext.BaseDirectory, "libssm_cuda.so"));
-            foreach (var path in candidates)
+            var names = new[] { "ssm_scan_fwd", "ssm_scan_bwd", "ssm_scan_bwd_scratch_floats", "ssm_scan_tiled_fits",
+                "ssm_scan_tiled_ck_floats", "ssm_scan_tiled_fwd", "ssm_scan_tiled_bwd" };
+            var f = names.Select(CudaLib.Export).ToArray();
+            if (f.Any(x => x is null)) return null;
+            return new Exports
             {
-                if (!File.Exists(path)) continue;
-                if (!NativeLibrary.TryLoad(path, out var h)) { LoadError = $"{path} could not be loaded"; continue; }
-                try
-                {
-                    return new Native
-                    {
-                        Path = path,
-                        Fwd = (delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, float*, float*, int, int, int, int, int, int>)NativeLibrary.GetExport(h, "ssm_scan_fwd"),
-                        Bwd = (delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, float*, float*,
-                            float*, float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int>)NativeLibrary.GetExport(h, "ssm_scan_bwd"),
-                        ScratchFloats = (delegate* unmanaged<int, int, int, int, long>)NativeLibrary.GetExport(h, "ssm_scan_bwd_scratch_floats"),
-                        ErrorText = (delegate* unmanaged<int, IntPtr>)NativeLibrary.GetExport(h, "ssm_cuda_error"),
-                    };
-                }
-                catch (EntryPointNotFoundException e) { LoadError = $"{path}: {e.Message}"; }
-            }
-            LoadError ??= "libssm_cuda.so not found (set SSM_CUDA_LIB or build it with backbone/Native/cuda/build.sh)";
-            return null;
+                Fwd = (delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, float*, float*, int, int, int, int, int, int>)f[0]!.Value,
+                Bwd = (delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, float*, float*,
+                    float*, float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int>)f[1]!.Value,
+                ScratchFloats = (delegate* unmanaged<int, int, int, int, long>)f[2]!.Value,
+                TiledFits = (delegate* unmanaged<int, int, int, int>)f[3]!.Value,
+                CkFloats = (delegate* unmanaged<int, int, int, int, long>)f[4]!.Value,
+                TiledFwd = (delegate* unmanaged<int, void*, void*, float*, void*, void*, float*, void*, float*, int, void*, float*, float*,
+                    int, int, int, int, int, int>)f[5]!.Value,
+                TiledBwd = (delegate* unmanaged<int, void*, void*, float*, void*, void*, float*, void*, float*, int, float*, void*, float*,
+                    void*, void*, float*, float*, float*, float*, void*, float*, int, int, int, int, int, int>)f[6]!.Value,
+            };
         }
     }
 }
