@@ -1,7 +1,9 @@
 #!/bin/bash
 # Portable bundle: every ssm-* app, a .NET runtime and the fused CUDA kernel's source in one tarball that runs on a
 # Linux x64 machine with PyTorch (any CUDA) but no .NET and no internet.
-#   tools/bundle.sh [OUT.tar.gz]            (default: dist/ssm-suite-linux-x64.tar.gz; run from anywhere)
+#   tools/bundle.sh [OUT.tar.gz|OUT.tar.xz]  (default: dist/ssm-suite-linux-x64.tar.gz; run from anywhere; .xz is ~2x smaller)
+#   BUNDLE_EXTRA="bench/GpuBench" tools/bundle.sh ...   also bundles those projects (e.g. the GPU benchmark)
+#   BUNDLE_APPS="text dna" tools/bundle.sh ...          only those apps (folder names under apps/; default: all; none: no app)
 # On the target:
 #   tar -xzf ssm-suite-linux-x64.tar.gz && ssm-suite/bin/ssm-text doctor --device cuda
 # How it runs there: the apps are published framework-dependent against TorchSharp alone (-p:TorchBackend=byo), so no
@@ -17,12 +19,19 @@ command -v dotnet > /dev/null || { echo "error: dotnet (the .NET 10 SDK) is need
 stage=$(mktemp -d /tmp/ssm-bundle.XXXXXX)
 trap 'rm -rf "$stage"' EXIT
 b="$stage/ssm-suite"
-mkdir -p "$b/apps" "$b/bin" "$b/cuda" "$b/dotnet/host/fxr" "$b/dotnet/shared/Microsoft.NETCore.App"
+mkdir -p "$b/apps" "$b/bin" "$b/cuda" "$b/torchstats" "$b/dotnet/host/fxr" "$b/dotnet/shared/Microsoft.NETCore.App"
 
 apps=()
-for proj in "$root"/apps/*/*.csproj; do
+extra=()
+for e in ${BUNDLE_EXTRA:-}; do extra+=("$root"/$e/*.csproj); done
+chosen=()
+if [ "${BUNDLE_APPS:-}" = none ]; then :
+elif [ -n "${BUNDLE_APPS:-}" ]; then for a in $BUNDLE_APPS; do chosen+=("$root"/apps/$a/*.csproj); done
+else chosen=("$root"/apps/*/*.csproj); fi
+for proj in "${chosen[@]}" "${extra[@]}"; do
   grep -q "<OutputType>Exe</OutputType>" "$proj" || continue
   name=$(sed -n 's:.*<AssemblyName>\(.*\)</AssemblyName>.*:\1:p' "$proj" | head -1)
+  [ -n "$name" ] || name=$(basename "$proj" .csproj)
   [ -n "$name" ] || continue
   echo "publishing $name"
   dotnet publish "$proj" -c Release -r linux-x64 --self-contained false -p:TorchBackend=byo \
@@ -39,7 +48,9 @@ fxr=$(ls "$d/host/fxr" | sort -V | tail -1)
 cp "$d/dotnet" "$b/dotnet/"
 cp -r "$d/host/fxr/$fxr" "$b/dotnet/host/fxr/"
 cp -r "$d/shared/Microsoft.NETCore.App/$rt" "$b/dotnet/shared/Microsoft.NETCore.App/"
-cp "$root"/backbone/Native/cuda/* "$b/cuda/"
+rm -f "$b/dotnet/shared/Microsoft.NETCore.App/$rt"/libmscordaccore.so "$b/dotnet/shared/Microsoft.NETCore.App/$rt"/libmscordbi.so  # debugger support only
+cp "$root"/backbone/Native/cuda/*.cu "$root"/backbone/Native/cuda/build.sh "$b/cuda/"
+cp "$root"/backbone/Native/torchstats/*.cpp "$b/torchstats/"
 
 cat > "$b/bin/.launch" <<'RUN'
 #!/bin/bash
@@ -75,5 +86,9 @@ Run:   ssm-suite/bin/ssm-text doctor --device cuda      (checks every op on the 
        ssm-suite/bin/ssm-audio generate --n 4 --device cuda
 TXT
 mkdir -p "$(dirname "$out")"
-tar -C "$stage" -czf "$out.tmp" ssm-suite && mv "$out.tmp" "$out"
+case "$out" in
+  *.xz) tar -C "$stage" -cf - ssm-suite | xz -T0 -9 > "$out.tmp" ;;
+  *) tar -C "$stage" -czf "$out.tmp" ssm-suite ;;
+esac
+mv "$out.tmp" "$out"
 echo "wrote $out ($(du -h "$out" | cut -f1)): ${apps[*]}"
