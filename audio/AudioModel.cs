@@ -471,6 +471,13 @@ public sealed record AudioTrainOptions
     /// <summary>Samples per scoring batch at evaluation.</summary>
     public long EvalBatchSamples { get; init; } = 1 << 18;
 
+    /// <summary>
+    /// Bf16: the model's matrices, norms and embedding compute in bf16 while the SSM parameters (S4D's kernel and whole
+    /// S4D layers, Mamba's A, D and dt bias) and AdamW's master weights stay float32 (MixedPrecision.Apply, applied by
+    /// Train before the optimizer is made); logits and the loss are float32. Fp32 leaves the model as it is.
+    /// </summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
+
     /// <summary>Validate the settings; throws an ArgumentException naming the option.</summary>
     public void Validate()
     {
@@ -508,6 +515,9 @@ public static class AudioTraining
         if (trainAudio.dim() != 2 || trainAudio.size(0) == 0 || trainAudio.size(1) == 0)
             throw new ArgumentException($"training audio must be (n, l) with n, l >= 1, got [{string.Join(", ", trainAudio.shape)}]");
         var device = model.Device;
+        // Before the Trainer makes its AdamW: the cast replaces the float32 exceptions' parameter objects.
+        MixedPrecision.CheckResume(options.OutputDir, options.Resume, ao.Precision);
+        if (ao.Precision != Precision.Fp32) MixedPrecision.Apply(model.Model, ao.Precision);
         long n = trainAudio.size(0), l = trainAudio.size(1);
         // (n, 1 + l): the start token, then the clip (see the file header).
         using var clips = WithStartToken(model, trainAudio, device);
@@ -524,7 +534,7 @@ public static class AudioTraining
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{model.ModelType}: {model.ParameterCount:N0} parameters; train {n:N0} clips of {l:N0} samples ({(double)l / model.SampleRate:0.##} s at {model.SampleRate} Hz), " +
             $"crops of {crop:N0}, batch {ao.BatchSize} x {o.Accumulation}, {o.Steps} steps = {sampler.Epoch(o.Steps * o.Accumulation):0.00} epochs of clips; " +
-            $"{AudioModel.QuantizationName(model.Quantization)} {model.Bits} bits; on {device}"));
+            $"{AudioModel.QuantizationName(model.Quantization)} {model.Bits} bits; {(ao.Precision == Precision.Bf16 ? "bf16 mixed precision " : "")}on {device}"));
         using var offsets = torch.arange(crop + 1, dtype: ScalarType.Int64, device: device).unsqueeze(0);   // (1 L+1)
         long v = model.Classes;
         var trainer = new Trainer(model.Model, o, (step, micro, rng) =>

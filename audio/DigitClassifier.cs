@@ -272,7 +272,8 @@ public sealed class DigitSsm : nn.Module<Tensor, Tensor>
         return h.MoveToOuterDisposeScope();
     }
 
-    /// <summary>The head's input: mean over tokens of norm_f of the last block, (b, d) float32.</summary>
+    /// <summary>The head's input: mean over tokens of norm_f of the last block, (b, d) in the model's compute dtype
+    /// (float32, or bf16 under mixed precision; the log-mel front end is float32 either way).</summary>
     public Tensor Features(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
@@ -283,11 +284,11 @@ public sealed class DigitSsm : nn.Module<Tensor, Tensor>
         return h.mean([1]).MoveToOuterDisposeScope();                                     // (b d)
     }
 
-    /// <summary>waveforms x (b, L) -> logits (b, k).</summary>
+    /// <summary>waveforms x (b, L) -> logits (b, k), float32 under mixed precision.</summary>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        return head.forward(Features(x)).MoveToOuterDisposeScope();                      // (b k)
+        return MixedPrecision.Widen(head.forward(Features(x))).MoveToOuterDisposeScope(); // (b k)
     }
 
     void CheckInput(Tensor x)
@@ -517,6 +518,12 @@ public sealed record DigitTrainOptions
     public long CheckpointEvery { get; init; }
     public long LogEvery { get; init; } = 50;
     public int EvalBatchSize { get; init; } = 256;
+    /// <summary>
+    /// Bf16: the stem, Mamba matrices, norms and head compute in bf16 while the SSM parameters (A, D, dt bias) and
+    /// AdamW's master weights stay float32 (MixedPrecision.Apply, applied by Train before the optimizer is made); the
+    /// log-mel front end, the logits and the loss are float32. Fp32 leaves the model as it is.
+    /// </summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
 }
 
 public static class DigitTraining
@@ -532,6 +539,9 @@ public static class DigitTraining
         if (o.BatchSize <= 0) throw new ArgumentException($"batch size must be positive, got {o.BatchSize}");
         if (!(o.LabelSmoothing is >= 0 and < 1)) throw new ArgumentException($"label smoothing must be in [0, 1), got {o.LabelSmoothing}");
         o.Augment.Validate();
+        // Before the Trainer makes its AdamW: the cast replaces the float32 exceptions' parameter objects.
+        MixedPrecision.CheckResume(o.OutputDir, o.Resume, o.Precision);
+        if (o.Precision != Precision.Fp32) MixedPrecision.Apply(clf.Model, o.Precision);
         using var audio = train.Audio.to(clf.Device);                                    // (n L), uploaded once
         using var labels = train.Labels.to(clf.Device);                                  // (n)
         var sampler = new EpochSampler((int)train.Count, o.BatchSize, o.Seed);
@@ -636,6 +646,8 @@ public sealed record DigitTrainJob
     /// <summary>Use only the first N training clips (smoke runs).</summary>
     public int? TrainLimit { get; init; }
     public bool Augment { get; init; } = true;
+    /// <summary>Bf16 mixed precision (see <see cref="DigitTrainOptions.Precision"/>) or plain float32.</summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
 }
 
 /// <summary>What a classifier training run produced (Test: of the final model on the test split).</summary>
@@ -671,12 +683,13 @@ public static class DigitClassifierJob
         torch.manual_seed(job.Seed);
         using var clf = DigitClassifier.Create(config, data.Labels).To(job.Device);
         log.WriteLine(string.Create(inv, $"digit classifier ({clf.ParameterCount:N0} parameters) on {job.Device.type.ToString().ToLowerInvariant()}; " +
-            $"{train.Count} train{(valid is null ? "" : $", {valid.Count} valid")} clips; {steps} steps of {job.BatchSize} ({(double)steps * job.BatchSize / train.Count:0.##} epochs)"));
+            $"{train.Count} train{(valid is null ? "" : $", {valid.Count} valid")} clips; {steps} steps of {job.BatchSize} ({(double)steps * job.BatchSize / train.Count:0.##} epochs)" +
+            $"{(job.Precision == Precision.Bf16 ? ", bf16 mixed precision" : "")}"));
         var options = new DigitTrainOptions
         {
             Steps = steps, BatchSize = job.BatchSize, LearningRate = job.LearningRate, WeightDecay = job.WeightDecay, Seed = job.Seed,
             OutputDir = job.OutputDir, Resume = job.Resume, EvalEvery = perEpoch, CheckpointEvery = perEpoch,
-            Augment = job.Augment ? new DigitAugment() : DigitAugment.None,
+            Augment = job.Augment ? new DigitAugment() : DigitAugment.None, Precision = job.Precision,
         };
         var result = DigitTraining.Train(clf, train, valid, options, cancel);
         bool completed = result.Steps >= steps;

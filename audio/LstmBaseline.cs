@@ -138,7 +138,7 @@ public sealed class LstmBaseline : Module<Tensor, Tensor>
         {
             (y, _, _) = lstm.forward(x, null);                                    // (b l H)
         }
-        return decoder.forward(y).MoveToOuterDisposeScope();                      // (b l V)
+        return Ssm.Backbone.Training.MixedPrecision.Widen(decoder.forward(y)).MoveToOuterDisposeScope(); // (b l V), float32 under mixed precision
     }
 
     /// <summary>nn.LSTM's parameters by name (looked up on each call: Module.to replaces the tensors).</summary>
@@ -227,7 +227,7 @@ public sealed class LstmBaseline : Module<Tensor, Tensor>
         state.H = torch.stack(hs).DetachFromDisposeScope();                       // (k b H)
         state.C = torch.stack(cs).DetachFromDisposeScope();                       // (k b H)
         state.Steps++;
-        return decoder.forward(x).MoveToOuterDisposeScope();                      // (b V)
+        return Ssm.Backbone.Training.MixedPrecision.Widen(decoder.forward(x)).MoveToOuterDisposeScope(); // (b V), float32 under mixed precision
     }
 
     private void CheckIds(Tensor ids, int dims, string expected)

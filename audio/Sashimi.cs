@@ -50,6 +50,7 @@
 // prefixes the backbone with model.).
 using Ssm.Backbone.Layers;
 using Ssm.Backbone.Scans;
+using Ssm.Backbone.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -433,9 +434,20 @@ public sealed class SashimiResidualBlock : Module<Tensor, Tensor>, ISashimiStep
     {
         using var scope = torch.NewDisposeScope();
         var z = norm.forward(x);                                                  // (b l h) prenorm
-        z = layer.forward(z);                                                     // (b l h)
+        z = layer is S4DBlock s4 ? InS4DPrecision(s4, z, s4.forward) : layer.forward(z); // (b l h)
         z = dropout.forward(z);
         return (z + x).MoveToOuterDisposeScope();                                 // (b l h)
+    }
+
+    /// <summary>
+    /// Runs an S4D layer in its parameters' dtype and hands the result back in z's. Under mixed precision the whole S4D
+    /// layer stays float32 (Sashimi.KeepsFp32: its FFT convolution has no bf16 kernels, and it computes in one dtype)
+    /// while the residual stream, norms, FF blocks and pooling run in bf16; otherwise both dtypes agree and nothing is cast.
+    /// </summary>
+    static Tensor InS4DPrecision(S4DBlock s4, Tensor z, Func<Tensor, Tensor> run)
+    {
+        var t = s4.KernelParameters.LogDt.dtype;
+        return t == z.dtype ? run(z) : run(z.to_type(t)).to_type(z.dtype);
     }
 
     public SashimiLayerState AllocateState(long batch, ScalarType dtype, Device device)
@@ -454,7 +466,11 @@ public sealed class SashimiResidualBlock : Module<Tensor, Tensor>, ISashimiStep
     {
         using var scope = torch.NewDisposeScope();
         var z = norm.forward(x);                                                  // (b h)
-        if (layer is IRecurrentLayer rec)
+        if (layer is S4DBlock s4)
+        {
+            z = InS4DPrecision(s4, z, u => s4.Step(u, state.Inner!));            // (b h), the state advanced in place
+        }
+        else if (layer is IRecurrentLayer rec)
         {
             z = rec.Step(z, state.Inner!);                                        // (b h), the state advanced in place
         }
@@ -473,7 +489,7 @@ public sealed class SashimiResidualBlock : Module<Tensor, Tensor>, ISashimiStep
 /// samples &lt;= t (the caller shifts). <see cref="forward"/> is the convolution mode; <see cref="AllocateState"/> and
 /// <see cref="Step"/> the recurrent mode, equal to it up to rounding.
 /// </summary>
-public sealed class Sashimi : Module<Tensor, Tensor>
+public sealed class Sashimi : Module<Tensor, Tensor>, IFp32Parameters
 {
 #pragma warning disable IDE1006 // naming: state-dict names
     public Embedding encoder;                                                     // (V, H)
@@ -537,6 +553,22 @@ public sealed class Sashimi : Module<Tensor, Tensor>
 
     public SashimiConfig Config { get; }
 
+    // The parameters of every S4D layer, by state-dict name (built on first use, after registration).
+    HashSet<string>? _s4dParameters;
+
+    /// <summary>
+    /// Mixed precision (MixedPrecision.Apply asks): every parameter of an S4D layer stays float32, not only its kernel
+    /// (log_dt, log_A_real, A_imag, C) and D but its output linear too, because backbone's S4DBlock computes its FFT
+    /// convolution (float32 only on the CPU) and output projection in one dtype; the residual block casts around it.
+    /// The Mamba variant's blocks follow the usual rule (A_log, D, dt bias float32, matrices bf16).
+    /// </summary>
+    public bool KeepsFp32(string name)
+    {
+        _s4dParameters ??= named_modules().Where(m => m.module is S4DBlock)
+            .SelectMany(m => m.module.named_parameters().Select(p => m.name + "." + p.name)).ToHashSet(StringComparer.Ordinal);
+        return _s4dParameters.Contains(name);
+    }
+
     /// <summary>
     /// The weight-decay rule for <see cref="Ssm.Backbone.Training.AdamW"/>: its default (matrices only, no norms/biases/A/D), and, as in
     /// s4d.py's register(..., wd=0), none on the S4D kernel's log_dt, log_A_real, A_imag; none on the embedding.
@@ -570,7 +602,7 @@ public sealed class Sashimi : Module<Tensor, Tensor>
         if (padded != l) x = nn.functional.pad(x, new long[] { 0, 0, 0, padded - l }); // (b L H), zeros after the end
         var y = Body(x);                                                          // (b L H)
         if (padded != l) y = y.narrow(1, 0, l);                                   // (b l H)
-        return decoder.forward(norm.forward(y)).MoveToOuterDisposeScope();        // (b l V)
+        return MixedPrecision.Widen(decoder.forward(norm.forward(y))).MoveToOuterDisposeScope(); // (b l V), float32 under mixed precision
     }
 
     /// <summary>sashimi.py Sashimi.forward (unet=False) without the final norm: x (b, L, H) -> (b, L, H).</summary>
@@ -673,7 +705,7 @@ public sealed class Sashimi : Module<Tensor, Tensor>
             x = x! + outputs.Pop();
         }
         state.Steps++;
-        return decoder.forward(norm.forward(x!)).MoveToOuterDisposeScope();       // (b V)
+        return MixedPrecision.Widen(decoder.forward(norm.forward(x!))).MoveToOuterDisposeScope(); // (b V), float32 under mixed precision
     }
 
     /// <summary>Every module with a state, in sashimi.py's default_state order.</summary>

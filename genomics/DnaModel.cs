@@ -476,6 +476,13 @@ public sealed record DnaTrainOptions
     /// <summary>Fraction of nucleotides selected for masking (masked LM).</summary>
     public double MaskRate { get; init; } = MlmMasking.DefaultRate;
 
+    /// <summary>
+    /// Bf16: the model's matrices, norms and embeddings compute in bf16 while the SSM parameters (A, D, dt bias), the
+    /// residual stream and AdamW's master weights stay float32 (MixedPrecision.Apply, applied by every Train* method
+    /// before the optimizer is made); logits and the loss are float32. Fp32 leaves the model as it is.
+    /// </summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
+
     public void Validate()
     {
         if (BatchSize <= 0) throw new ArgumentException($"batch size must be positive, got {BatchSize}");
@@ -527,7 +534,15 @@ public static class DnaTraining
 
     static void Announce(DnaModel model, string what, TrainOptions o, DnaTrainOptions d) =>
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{model.ModelType} {DnaModel.TaskName(model.Task)}: {model.ParameterCount:N0} parameters; {what}; batch {d.BatchSize} x {o.Accumulation}, {o.Steps} steps on {model.Device}"));
+            $"{model.ModelType} {DnaModel.TaskName(model.Task)}: {model.ParameterCount:N0} parameters; {what}; batch {d.BatchSize} x {o.Accumulation}, {o.Steps} steps on {model.Device}{(d.Precision == Precision.Bf16 ? ", bf16 mixed precision" : "")}"));
+
+    /// <summary>Casts the model for the run's precision, before the Trainer makes its AdamW (the cast replaces the
+    /// float32 exceptions' parameter objects, which the optimizer must see).</summary>
+    static void ApplyPrecision(DnaModel model, DnaTrainOptions d, TrainOptions o)
+    {
+        MixedPrecision.CheckResume(o.OutputDir, o.Resume, d.Precision);
+        if (d.Precision != Precision.Fp32) MixedPrecision.Apply(model.Module, d.Precision);
+    }
 
     // ------------------------------------------------------------------------------------------ causal LM
 
@@ -544,6 +559,7 @@ public static class DnaTraining
         var device = model.Device;
         using var validIds = valid is null || dto.EvalWindows == 0 ? null : ValidationWindows(valid, dto.EvalWindows, dto.SeqLen, dto.EvalSeed);
         var o = options with { Unit = "bases", FormatLoss = options.FormatLoss ?? DnaLM.FormatBits };
+        ApplyPrecision(model, dto, o);
         Announce(model, $"windows of {dto.SeqLen} bases, RC augmentation {(dto.RcAugment ? "on" : "off")}", o, dto);
         var trainer = new Trainer(model.Module, o, (step, micro, rng) =>
         {
@@ -610,6 +626,7 @@ public static class DnaTraining
         bool augment = dto.RcAugment && !model.IsRcEquivariant;
         using var validIds = valid is null || dto.EvalWindows == 0 ? null : ValidationWindows(valid, dto.EvalWindows, dto.SeqLen, dto.EvalSeed);
         var o = options with { Unit = "bases" };
+        ApplyPrecision(model, dto, o);
         Announce(model, $"windows of {dto.SeqLen} bases, masking {dto.MaskRate:P0}, RC augmentation {(augment ? "on" : "off")}", o, dto);
         var trainer = new Trainer(model.Module, o, (step, micro, rng) =>
         {
@@ -684,6 +701,7 @@ public static class DnaTraining
         using var labels = train.Labels.to_type(ScalarType.Int64).to(device);
         var sampler = new EpochSampler(checked((int)train.Count), dto.BatchSize, options.Seed);
         var o = options with { Unit = "sequences" };
+        ApplyPrecision(model, dto, o);
         Announce(model, string.Create(CultureInfo.InvariantCulture,
             $"{train.Count:N0} sequences of {ids.shape[1]} bases, {sampler.Epoch(o.Steps * o.Accumulation):0.00} epochs, RC augmentation {(augment ? "on" : "off")}"), o, dto);
         var trainer = new Trainer(model.Module, o, (step, micro, rng) =>

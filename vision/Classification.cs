@@ -212,6 +212,12 @@ public sealed record ClassificationOptions
     public int EvalBatchSize { get; init; } = 500;
     public double LabelSmoothing { get; init; } = 0.1;
     public AugmentOptions Augment { get; init; } = new();
+    /// <summary>
+    /// Bf16: the model's matrices, convolutions, norms and embeddings compute in bf16 while the SSM parameters (A, D,
+    /// dt bias) and AdamW's master weights stay float32 (MixedPrecision.Apply, applied by Train before the optimizer
+    /// is made); logits and the loss are float32. Fp32 leaves the model as it is.
+    /// </summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
 }
 
 public static class Classification
@@ -293,6 +299,9 @@ public static class Classification
         if (co.BatchSize <= 0) throw new ArgumentException("batch size must be positive");
         if (co.LabelSmoothing is < 0 or >= 1) throw new ArgumentException("label smoothing must be in [0, 1)");
         var device = clf.Device;
+        // Before the Trainer makes its AdamW: the cast replaces the float32 exceptions' parameter objects.
+        MixedPrecision.CheckResume(options.OutputDir, options.Resume, co.Precision);
+        if (co.Precision != Precision.Fp32) MixedPrecision.Apply(clf.Model, co.Precision);
         using var data = new DeviceSplit(train, device);
         using var valData = val is null ? null : new DeviceSplit(val, device);
         var sampler = new EpochSampler(train.Count, co.BatchSize, options.Seed);
@@ -490,6 +499,8 @@ public sealed record TrainJob
     public double GradClip { get; init; } = 1.0;
     /// <summary>Use only the first N training images (quick runs).</summary>
     public int? TrainLimit { get; init; }
+    /// <summary>Bf16 mixed precision (see <see cref="ClassificationOptions.Precision"/>) or plain float32.</summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
 }
 
 /// <summary>What a training run produced (ValAccuracy: of the final model, null without a val split).</summary>
@@ -530,7 +541,8 @@ public static class ClassificationJob
         using var clf = ImageClassifier.Create(job.ModelType, job.Preset, folder.Labels, spec, job.Overrides).To(job.Device);
         log.WriteLine(string.Create(inv, $"{clf.ModelType} ({clf.ParameterCount:N0} parameters) on {job.Device.type.ToString().ToLowerInvariant()}; " +
             $"{folder.Name}: {train.Count} train{(val is null ? "" : $", {val.Count} val")} images {train.Channels}x{train.Height}x{train.Width}; " +
-            $"{steps} steps of {job.BatchSize} ({(double)steps * job.BatchSize / train.Count:0.##} epochs), warm-up {warmup}"));
+            $"{steps} steps of {job.BatchSize} ({(double)steps * job.BatchSize / train.Count:0.##} epochs), warm-up {warmup}" +
+            $"{(job.Precision == Precision.Fp32 ? "" : ", bf16 mixed precision")}"));
 
         var options = new TrainOptions
         {
@@ -543,7 +555,7 @@ public static class ClassificationJob
         var co = new ClassificationOptions
         {
             BatchSize = job.BatchSize, LabelSmoothing = job.LabelSmoothing,
-            Augment = new AugmentOptions(job.CropPadding, job.HFlip ?? folder.HFlip),
+            Augment = new AugmentOptions(job.CropPadding, job.HFlip ?? folder.HFlip), Precision = job.Precision,
         };
         var result = Classification.Train(clf, train, val, options, co, cancel);
         bool completed = result.Steps >= steps;

@@ -116,16 +116,20 @@ public sealed class DiS : nn.Module<Tensor, Tensor, Tensor, Tensor>
             throw new ArgumentException($"DiS: images must be (b, {c.InChans}, {c.ImgSize}, {c.ImgSize}), got ({string.Join(", ", x.shape)})");
         using var scope = torch.NewDisposeScope();
         long b = x.shape[0], p = c.PatchSize, g = c.GridSize;
-        var patches = x_embedder.forward(x);                                                  // (b m d)
-        var h = torch.cat(new[] { t_embedder.forward(t).unsqueeze(1), y_embedder.forward(y).unsqueeze(1), patches }, 1) + pos_embed; // (b l d)
+        // Mixed precision: the network computes in its weights' dtype (bf16), the blocks keep their residual stream in
+        // float32 (VimBlock), and the prediction leaves in float32, so the diffusion arithmetic around it stays float32.
+        var ct = x_embedder.proj.weight!.dtype;
+        var patches = x_embedder.forward(x.to_type(ct));                                      // (b m d)
+        var h = torch.cat(new[] { t_embedder.forward(t).unsqueeze(1), y_embedder.forward(y).unsqueeze(1), patches }, 1)
+            + pos_embed.to_type(ct);                                                          // (b l d)
         var skips = new Stack<Tensor>();
         foreach (var blk in in_blocks) { h = blk.forward(h); skips.Push(h); }
         h = mid_block.forward(h);
         for (int i = 0; i < out_blocks.Count; i++)
-            h = out_blocks[i].forward(skip_linears[i].forward(torch.cat(new[] { h, skips.Pop() }, 2)));
-        var o = decoder_pred.forward(norm.forward(h.narrow(1, ExtraTokens, c.NumPatches)));   // (b m p*p*c)
+            h = out_blocks[i].forward(skip_linears[i].forward(torch.cat(new[] { h, skips.Pop() }, 2).to_type(ct)));
+        var o = decoder_pred.forward(norm.forward(h.narrow(1, ExtraTokens, c.NumPatches).to_type(ct))); // (b m p*p*c)
         // unpatchify: (b g g p p c) -> (b c g p g p) -> (b c H W)
         var img = o.reshape(b, g, g, p, p, c.InChans).permute(0, 5, 1, 3, 2, 4).reshape(b, c.InChans, c.ImgSize, c.ImgSize);
-        return img.MoveToOuterDisposeScope();
+        return Ssm.Backbone.Training.MixedPrecision.Widen(img).MoveToOuterDisposeScope();
     }
 }

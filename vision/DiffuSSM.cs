@@ -219,10 +219,14 @@ public sealed class DiffuSSM : nn.Module<Tensor, Tensor, Tensor, Tensor>
             throw new ArgumentException($"DiffuSSM: images must be (b, {c.InChans}, {c.ImgSize}, {c.ImgSize}), got ({string.Join(", ", x.shape)})");
         using var scope = torch.NewDisposeScope();
         long b = x.shape[0];
-        var h = x_embedder.forward(x.flatten(2).transpose(1, 2)) + pos_embed;           // (b J d)
+        // Mixed precision: the network computes in its weights' dtype (bf16) and the prediction leaves in float32, so
+        // the diffusion arithmetic around it stays float32 (a float64 model stays float64 throughout).
+        var ct = x_embedder.weight!.dtype;
+        var h = x_embedder.forward(x.to_type(ct).flatten(2).transpose(1, 2)) + pos_embed.to_type(ct); // (b J d)
         var cond = t_embedder.forward(t) + y_embedder.forward(y);                        // (b d)
         foreach (var block in blocks) h = block.forward(h, cond);
         var o = final_layer.forward(h, cond);                                            // (b J c)
-        return o.transpose(1, 2).reshape(b, c.InChans, c.ImgSize, c.ImgSize).MoveToOuterDisposeScope();
+        var img = o.transpose(1, 2).reshape(b, c.InChans, c.ImgSize, c.ImgSize);
+        return Ssm.Backbone.Training.MixedPrecision.Widen(img).MoveToOuterDisposeScope();
     }
 }

@@ -199,7 +199,8 @@ public sealed class ImageClassifier : IDisposable
         var head = Model.named_children().First(c => c.name == "head").module as nn.Module<Tensor, Tensor>
             ?? throw new InvalidOperationException($"{ModelType} has no head");
         var logits = head.call(f);
-        return (f.MoveToOuterDisposeScope(), logits.MoveToOuterDisposeScope());
+        // A mixed-precision model's features are bf16: hand both out in float32, like its logits.
+        return (MixedPrecision.Widen(f).MoveToOuterDisposeScope(), MixedPrecision.Widen(logits).MoveToOuterDisposeScope());
     }
 
     /// <summary>

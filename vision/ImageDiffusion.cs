@@ -53,6 +53,12 @@ public sealed record DiffusionTrainOptions
     public double GridGuidance { get; init; } = 2.0;
     /// <summary>Horizontal flips as augmentation (only where classes are mirror-symmetric).</summary>
     public bool HFlip { get; init; }
+    /// <summary>
+    /// Bf16: the denoiser computes in bf16 while the SSM parameters (A, D, dt bias), AdamW's master weights and the
+    /// EMA stay float32 (MixedPrecision.Apply, applied by Train before the optimizer and the EMA are made); the loss
+    /// is float32, and the published model is the float32 EMA. Fp32 leaves the model as it is.
+    /// </summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
 }
 
 /// <summary>Quality of generated images against real ones, from a suite classifier.</summary>
@@ -283,6 +289,9 @@ public sealed class ImageDiffusion : IDisposable
             throw new ArgumentException($"{train.Name}: images are {train.Channels}x{train.Height}x{train.Width}, the model takes {gen.Channels}x{gen.Size}x{gen.Size}");
         if (o.BatchSize <= 0) throw new ArgumentException("batch size must be positive");
         var device = gen.Device;
+        // Before the EMA and the Trainer's AdamW take the parameters: the cast replaces the float32 exceptions' objects.
+        MixedPrecision.CheckResume(options.OutputDir, options.Resume, o.Precision);
+        if (o.Precision != Precision.Fp32) MixedPrecision.Apply(gen.Model, o.Precision);
         using var data = new Classification.DeviceSplit(train, device);
         var sampler = new EpochSampler(train.Count, o.BatchSize, options.Seed);
         using var ema = new Ema(gen.Model, o.EmaDecay);
@@ -335,7 +344,10 @@ public sealed class ImageDiffusion : IDisposable
             var result = trainer.Run(cancel);
             if (options.OutputDir is not null && result.Steps == options.Steps)
             {
-                // The published model is the average: copy it in, save, and drop the duplicate extra state.
+                // The published model is the average: copy it in, save, and drop the duplicate extra state. The
+                // average is float32 whatever the compute dtype, so a bf16 run's model goes back to float32 first
+                // (sampling and eval then run in float32, as for a float32 run).
+                if (o.Precision != Precision.Fp32) MixedPrecision.Apply(gen.Model, Precision.Fp32);
                 ema.CopyTo(gen.Model);
                 gen.Save(options.OutputDir);
                 File.Delete(Path.Combine(options.OutputDir, "extra.safetensors"));

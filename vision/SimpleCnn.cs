@@ -108,7 +108,7 @@ public sealed class SimpleCnn : nn.Module<Tensor, Tensor>, IImageFeatures
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        return head.call(dropout.call(Features(x))).MoveToOuterDisposeScope();   // (b k)
+        return Ssm.Backbone.Training.MixedPrecision.Widen(head.call(dropout.call(Features(x)))).MoveToOuterDisposeScope(); // (b k), float32 under mixed precision
     }
 
     /// <summary>The head's input: the hidden layer after ReLU (b, hidden).</summary>
@@ -117,7 +117,7 @@ public sealed class SimpleCnn : nn.Module<Tensor, Tensor>, IImageFeatures
         if (x.dim() != 4 || x.shape[1] != Config.InChans || x.shape[2] != Config.ImgSize || x.shape[3] != Config.ImgSize)
             throw new ArgumentException($"SimpleCnn expects images (b, {Config.InChans}, {Config.ImgSize}, {Config.ImgSize}), got [{string.Join(", ", x.shape)}]");
         using var scope = torch.NewDisposeScope();
-        var h = x;
+        var h = x.to_type(features[0].conv.weight!.dtype);                  // a bf16 model computes in its weights' dtype
         foreach (var stage in features) h = stage.call(h);                  // (b w_last f f)
         return nn.functional.relu(fc1.call(h.flatten(1))).MoveToOuterDisposeScope(); // (b hidden)
     }

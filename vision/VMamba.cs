@@ -115,7 +115,7 @@ public sealed class VMambaPatchEmbed : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        return norm.forward(proj.forward(x).permute(0, 2, 3, 1)).MoveToOuterDisposeScope();
+        return norm.forward(PatchProjection.ChannelsLast(proj, x)).MoveToOuterDisposeScope();
     }
 }
 
@@ -325,11 +325,12 @@ public sealed class VMamba : nn.Module<Tensor, Tensor>, IImageFeatures
         return p.dim() >= 2 && !SS2D.NoWeightDecay.Contains(last);
     }
 
-    /// <summary>images (b, in_chans, H, W) float, H and W multiples of the patch size -> logits (b, num_classes).</summary>
+    /// <summary>images (b, in_chans, H, W) float, H and W multiples of the patch size -> logits (b, num_classes),
+    /// float32 under mixed precision.</summary>
     public override Tensor forward(Tensor images)
     {
         using var scope = torch.NewDisposeScope();
-        return head.forward(Features(images)).MoveToOuterDisposeScope();           // (b k)
+        return Ssm.Backbone.Training.MixedPrecision.Widen(head.forward(Features(images))).MoveToOuterDisposeScope(); // (b k)
     }
 
     /// <summary>The head's input: the normalised, average-pooled last stage (b, C_last).</summary>
@@ -339,7 +340,8 @@ public sealed class VMamba : nn.Module<Tensor, Tensor>, IImageFeatures
         if (images.dim() != 4 || images.shape[1] != c.InChans || images.shape[2] % c.PatchSize != 0 || images.shape[3] % c.PatchSize != 0)
             throw new ArgumentException($"VMamba: images must be (b, {c.InChans}, H, W) with H and W multiples of {c.PatchSize}, got ({string.Join(", ", images.shape)})");
         using var scope = torch.NewDisposeScope();
-        var x = patch_embed.forward(images);                                       // (b h w C0)
+        // Images arrive in float32 (or float64 for a float64 model); a bf16 model computes in its weights' dtype.
+        var x = patch_embed.forward(images.to_type(patch_embed.proj.weight!.dtype)); // (b h w C0)
         foreach (var layer in layers) x = layer.forward(x);                        // (b h' w' C_last)
         var pooled = norm.forward(x).mean(new long[] { 1, 2 });                    // (b C_last)
         return pooled.MoveToOuterDisposeScope();

@@ -15,6 +15,7 @@
 //   norm_f(x)[:, t] (b d) -head-> logits (b k)
 using System.Text.Json.Serialization;
 using Ssm.Backbone.Layers;
+using Ssm.Backbone.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -112,6 +113,28 @@ public static class VisionInit
     }
 }
 
+/// <summary>The patch projection of Vim, VMamba and DiS: a p x p convolution with stride p over exact multiples of p.</summary>
+public static class PatchProjection
+{
+    /// <summary>
+    /// images (b, c, H, W), H and W multiples of p -> (b, H/p, W/p, d) = proj(images) channels last. For 16-bit weights
+    /// it runs as the equivalent matmul over flattened patches: libtorch 2.10's CPU bf16 Conv2d returns wrong values
+    /// when out_channels is not a multiple of 16 (measured: relative error 0.3-0.7 for 4, 8, 12 and 24 output channels,
+    /// bf16 rounding only for 16, 32, 48 and 64), which tiny configs hit. Float32 and float64 keep the convolution.
+    /// </summary>
+    public static Tensor ChannelsLast(Conv2d proj, Tensor images)
+    {
+        using var scope = torch.NewDisposeScope();
+        var w = proj.weight!;                                                      // (d c p p)
+        if (!MixedPrecision.IsHalf(w)) return proj.forward(images).permute(0, 2, 3, 1).MoveToOuterDisposeScope();
+        long b = images.shape[0], c = images.shape[1], p = w.shape[2], gh = images.shape[2] / p, gw = images.shape[3] / p, d = w.shape[0];
+        var patches = images.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh, gw, c * p * p); // (b gh gw c*p*p)
+        var y = patches.matmul(w.reshape(d, c * p * p).t());                      // (b gh gw d)
+        if (proj.bias is { } bias) y = y + bias;
+        return y.MoveToOuterDisposeScope();
+    }
+}
+
 /// <summary>Vim's PatchEmbed: a p x p convolution with stride p (no norm in Vim).</summary>
 public sealed class VimPatchEmbed : nn.Module<Tensor, Tensor>
 {
@@ -127,7 +150,7 @@ public sealed class VimPatchEmbed : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        return proj.forward(x).flatten(2).transpose(1, 2).MoveToOuterDisposeScope();
+        return PatchProjection.ChannelsLast(proj, x).flatten(1, 2).MoveToOuterDisposeScope();   // (b g*g d), row-major
     }
 }
 
@@ -222,14 +245,14 @@ public sealed class Vim : nn.Module<Tensor, Tensor>, IImageFeatures
         return p.dim() >= 2 && !BiMambaV2.NoWeightDecay.Contains(last) && last != "cls_token" && last != "pos_embed";
     }
 
-    /// <summary>images (b, in_chans, img_size, img_size) float -> logits (b, num_classes).</summary>
+    /// <summary>images (b, in_chans, img_size, img_size) float -> logits (b, num_classes), float32 under mixed precision.</summary>
     public override Tensor forward(Tensor images)
     {
         using var scope = torch.NewDisposeScope();
-        return head.forward(Features(images)).MoveToOuterDisposeScope();           // (b k)
+        return MixedPrecision.Widen(head.forward(Features(images))).MoveToOuterDisposeScope(); // (b k)
     }
 
-    /// <summary>The head's input: norm_f of the class token (b, embed_dim).</summary>
+    /// <summary>The head's input: norm_f of the class token (b, embed_dim), in the compute dtype (the head's).</summary>
     public Tensor Features(Tensor images)
     {
         var c = Config;
@@ -237,7 +260,8 @@ public sealed class Vim : nn.Module<Tensor, Tensor>, IImageFeatures
             throw new ArgumentException($"Vim: images must be (b, {c.InChans}, {c.ImgSize}, {c.ImgSize}), got ({string.Join(", ", images.shape)})");
         using var scope = torch.NewDisposeScope();
         long b = images.shape[0], t = TokenPosition;
-        var x = patch_embed.forward(images);                                       // (b m d)
+        // Images arrive in float32 (or float64 for a float64 model); a bf16 model computes in its weights' dtype.
+        var x = patch_embed.forward(images.to_type(patch_embed.proj.weight!.dtype)); // (b m d)
         var cls = cls_token.to_type(x.dtype).expand(b, -1, -1);                   // (b 1 d)
         x = torch.cat(new[] { x.narrow(1, 0, t), cls, x.narrow(1, t, c.NumPatches - t) }, 1); // (b l d)
         x = x + pos_embed.to_type(x.dtype);

@@ -105,6 +105,17 @@ public static class AudioCli
 
     // ------------------------------------------------------------------ generate / continue
 
+    /// <summary>--precision of the training commands.</summary>
+    static Option<string> PrecisionOption() =>
+        new("--precision") { Description = "fp32 or bf16 (bf16 compute, fp32 SSM parameters and master weights)", DefaultValueFactory = _ => "fp32" };
+
+    /// <summary>A --precision value; anything but fp32/bf16 is a usage error.</summary>
+    static Precision ParsePrecision(string? value)
+    {
+        try { return MixedPrecision.Parse(value); }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
+    }
+
     sealed record SamplingArgs(Option<double> Temperature, Option<int> TopK, Option<double> TopP, Option<ulong?> Seed);
 
     static SamplingArgs SamplingOptions() => new(
@@ -284,10 +295,11 @@ public static class AudioCli
         var seed = new Option<long>("--seed") { Description = "seed of the initialisation and data order", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings); Ctrl+C checkpoints and stops" };
         var device = Cli.DeviceOption();
+        var precision = PrecisionOption();
         var json = Cli.JsonOption("the final summary");
         var cmd = new Command("train", "Train a next-sample model (cross-entropy over quantised samples, shown in bits per sample) on a prepared data folder; Ctrl+C checkpoints, --resume continues.")
         {
-            data, output, type, preset, set, quant, bits, rate, window, steps, batch, crop, lr, wd, warmup, clip, evalEvery, ckEvery, logEvery, evalClips, limit, seed, resume, device, json,
+            data, output, type, preset, set, quant, bits, rate, window, steps, batch, crop, lr, wd, warmup, clip, evalEvery, ckEvery, logEvery, evalClips, limit, seed, resume, device, precision, json,
         };
         cmd.SetAction(pr => Cli.Guard(() =>
         {
@@ -301,7 +313,10 @@ public static class AudioCli
             if (pr.GetValue(limit) is < 1) throw new UsageException("--train-limit must be at least 1");
             foreach (var (name, v) in new[] { ("--eval-every", pr.GetValue(evalEvery)), ("--checkpoint-every", pr.GetValue(ckEvery)) })
                 if (v is < 0) throw new UsageException($"{name} must be >= 0");
-            var ao = new AudioTrainOptions { BatchSize = pr.GetValue(batch), CropLength = pr.GetValue(crop), EvalClips = pr.GetValue(evalClips) };
+            var ao = new AudioTrainOptions
+            {
+                BatchSize = pr.GetValue(batch), CropLength = pr.GetValue(crop), EvalClips = pr.GetValue(evalClips), Precision = ParsePrecision(pr.GetValue(precision)),
+            };
             try { ao.Validate(); } catch (ArgumentException e) { throw new UsageException(e.Message); }
 
             string outDir = pr.GetValue(output)!;
@@ -537,20 +552,23 @@ public static class AudioCli
         var seed = new Option<long>("--seed") { Description = "seed", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out" };
         var device = Cli.DeviceOption();
+        var precision = PrecisionOption();
         var json = Cli.JsonOption("the final accuracies");
         var cmd = new Command("train-classifier", "Train the spoken-digit classifier (log-mel front end, bidirectional Mamba blocks) that `judge` uses; reports validation and test accuracy.")
         {
-            data, output, preset, set, epochs, steps, batch, lr, wd, limit, noAugment, seed, resume, device, json,
+            data, output, preset, set, epochs, steps, batch, lr, wd, limit, noAugment, seed, resume, device, precision, json,
         };
         cmd.SetAction(pr => Cli.Guard(() =>
         {
             if (pr.GetValue(limit) is < 1) throw new UsageException("--train-limit must be at least 1");
+            var mixed = ParsePrecision(pr.GetValue(precision));
             var job = new DigitTrainJob
             {
                 DataDir = pr.GetValue(data), OutputDir = pr.GetValue(output)!, Preset = pr.GetValue(preset)!, Overrides = ParseSets(pr.GetValue(set)).ToList(),
                 Epochs = pr.GetValue(epochs), Steps = pr.GetValue(steps), BatchSize = pr.GetValue(batch), LearningRate = pr.GetValue(lr),
                 WeightDecay = pr.GetValue(wd), Seed = pr.GetValue(seed), Resume = pr.GetValue(resume),
                 Device = Devices.Resolve(pr.GetValue(device), Console.Error), TrainLimit = pr.GetValue(limit), Augment = !pr.GetValue(noAugment),
+                Precision = mixed,
             };
             var summary = DigitClassifierJob.Run(job, Console.Error, Cli.Interrupt);
             if (pr.GetValue(json))

@@ -335,11 +335,12 @@ public static class DiffuseCli
         var seed = SeedOption("seed of the initialisation, data order, noise and label dropout");
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings and seed); Ctrl+C checkpoints and stops" };
         var device = Cli.DeviceOption();
+        var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (bf16 compute, fp32 SSM parameters, master weights and EMA)", DefaultValueFactory = _ => "fp32" };
         var json = Cli.JsonOption("the final summary");
         var cmd = new Command("train", "Train a class-conditional denoiser (DDPM loss, label dropout for guidance, EMA) on a prepared data folder; Ctrl+C checkpoints, --resume continues.")
         {
             data, output, type, preset, set, steps, batch, lr, wd, warmup, clip, timesteps, schedule, prediction, dropout, ema, hflip,
-            gridSteps, gridPerClass, gridGuidance, evalEvery, ckEvery, logEvery, limit, valLimit, seed, resume, device, json,
+            gridSteps, gridPerClass, gridGuidance, evalEvery, ckEvery, logEvery, limit, valLimit, seed, resume, device, precision, json,
         };
         cmd.SetAction(pr => Cli.Guard(() =>
         {
@@ -362,6 +363,9 @@ public static class DiffuseCli
             if (valCount < 0) throw new UsageException("--val-limit must be >= 0");
             foreach (var (name, v) in new[] { ("--eval-every", pr.GetValue(evalEvery)), ("--checkpoint-every", pr.GetValue(ckEvery)) })
                 if (v is < 0) throw new UsageException($"{name} must be >= 0");
+            Precision mixed;
+            try { mixed = MixedPrecision.Parse(pr.GetValue(precision)); }
+            catch (ArgumentException e) { throw new UsageException(e.Message); }
             string outDir = pr.GetValue(output)!;
             bool resuming = pr.GetValue(resume);
             bool existing = Directory.Exists(outDir) && (File.Exists(Path.Combine(outDir, ModelFolder.ConfigFile)) || Trainer.LatestCheckpoint(outDir) is not null);
@@ -388,7 +392,7 @@ public static class DiffuseCli
                 $"{gen.ModelType} ({gen.ParameterCount:N0} parameters) on {dev}; {folder.Name}: {train.Count} train{(val is null ? "" : $", {val.Count} val")} images " +
                 $"{train.Channels}x{train.Height}x{train.Width}, {folder.Labels.Count} classes; {total} steps of {batchSize} " +
                 $"({(double)total * batchSize / train.Count:0.##} epochs), warm-up {warm}, T {T} {settings.Schedule.ToString().ToLowerInvariant()}, " +
-                $"{settings.Prediction.ToString().ToLowerInvariant()} prediction{(flips ? ", flips" : "")}"));
+                $"{settings.Prediction.ToString().ToLowerInvariant()} prediction{(flips ? ", flips" : "")}{(mixed == Precision.Bf16 ? ", bf16 mixed precision" : "")}"));
 
             var options = new TrainOptions
             {
@@ -401,6 +405,7 @@ public static class DiffuseCli
             var diffusionOptions = new DiffusionTrainOptions
             {
                 BatchSize = batchSize, EmaDecay = emaDecay, GridPerClass = perClass, GridSteps = gs, GridGuidance = gg, HFlip = flips,
+                Precision = mixed,
             };
             var result = ImageDiffusion.Train(gen, train, val, options, diffusionOptions, Cli.Interrupt);
             bool completed = result.Steps >= total;

@@ -321,15 +321,17 @@ public static class VisionCli
         var ckEvery = new Option<long?>("--checkpoint-every") { Description = "checkpoint every N steps (default: every epoch; 0: only at the end)" };
         var logEvery = new Option<long>("--log-every") { Description = "a log.jsonl line every N steps", DefaultValueFactory = _ => 50 };
         var limit = new Option<int?>("--train-limit") { Description = "use only the first N training images (quick trials)" };
+        var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (bf16 compute, fp32 SSM parameters and master weights)", DefaultValueFactory = _ => "fp32" };
         var json = JsonOption("the final summary");
         var cmd = new Command("train", "Train a classifier on a prepared data folder; evaluates the final model on the test split.")
         {
             data, output, type, preset, set, epochs, steps, batch, lr, wd, warmup, smoothing, crop, hflip, seed, resume, device,
-            evalEvery, ckEvery, logEvery, limit, json,
+            evalEvery, ckEvery, logEvery, limit, precision, json,
         };
         cmd.SetAction((pr, cancel) => Task.Run(() => Guard(e, () =>
         {
             string flip = pr.GetValue(hflip)!;
+            var mixed = Ssm.Backbone.Training.MixedPrecision.Parse(pr.GetValue(precision));
             var job = new TrainJob
             {
                 DataDir = pr.GetValue(data)!, OutputDir = pr.GetValue(output)!, ModelType = pr.GetValue(type)!,
@@ -338,7 +340,7 @@ public static class VisionCli
                 WarmupSteps = pr.GetValue(warmup), LabelSmoothing = pr.GetValue(smoothing), CropPadding = pr.GetValue(crop),
                 HFlip = flip == "auto" ? null : flip == "on", Seed = pr.GetValue(seed), Resume = pr.GetValue(resume),
                 Device = Devices.Resolve(pr.GetValue(device), e), EvalEvery = pr.GetValue(evalEvery), CheckpointEvery = pr.GetValue(ckEvery),
-                LogEvery = pr.GetValue(logEvery), TrainLimit = pr.GetValue(limit),
+                LogEvery = pr.GetValue(logEvery), TrainLimit = pr.GetValue(limit), Precision = mixed,
             };
             var s = ClassificationJob.Run(job, e, cancel);
             if (pr.GetValue(json))

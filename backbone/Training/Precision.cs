@@ -11,6 +11,17 @@ namespace Ssm.Backbone.Training;
 
 public enum Precision { Fp32, Bf16 }
 
+/// <summary>
+/// A model with parameters beyond <see cref="MixedPrecision.KeepsFp32"/>'s names that must stay float32 under mixed
+/// precision: a layer that computes in float32 as a whole (e.g. S4D, whose FFT convolution has no bf16 kernels) and
+/// whose caller casts its activations in and out. <see cref="MixedPrecision.Apply"/> asks the model it is given.
+/// </summary>
+public interface IFp32Parameters
+{
+    /// <summary>Whether the parameter of this state-dict name stays float32.</summary>
+    bool KeepsFp32(string name);
+}
+
 public static class MixedPrecision
 {
     /// <summary>Parameters that stay float32 under mixed precision (by the last part of their name).</summary>
@@ -18,13 +29,54 @@ public static class MixedPrecision
     {
         string last = name[(name.LastIndexOf('.') + 1)..];
         return last is "A_log" or "A_b_log" or "A_logs" or "D" or "D_b" or "Ds" or "dt_bias" or "dt_projs_bias"
-            || name.EndsWith("dt_proj.bias", StringComparison.Ordinal) || name.EndsWith("dt_proj_b.bias", StringComparison.Ordinal);
+            || name.EndsWith("dt_proj.bias", StringComparison.Ordinal) || name.EndsWith("dt_proj_b.bias", StringComparison.Ordinal)
+            // S4D's kernel (s4d.py names): the step size, the diagonal A and the complex C (kept as a real view) feed
+            // exp(dt A) and a complex Vandermonde product, as sensitive as Mamba's A_log and dt.
+            || last is "log_dt" or "log_A_real" or "A_imag" || name == "kernel.C" || name.EndsWith(".kernel.C", StringComparison.Ordinal);
     }
+
+    /// <summary>"fp32" or "bf16" (any case) as a <see cref="Precision"/>, for a --precision option.</summary>
+    /// <exception cref="ArgumentException">Any other value, as one line naming the option.</exception>
+    public static Precision Parse(string? value, string option = "--precision") => value?.Trim().ToLowerInvariant() switch
+    {
+        "fp32" => Precision.Fp32,
+        "bf16" => Precision.Bf16,
+        _ => throw new ArgumentException($"{option} {value}: expected fp32 or bf16"),
+    };
+
+    /// <summary>A 16-bit floating tensor (bf16, fp16) as float32, any other tensor as it is: model outputs (logits,
+    /// predictions) leave a mixed-precision model in float32, and a float64 model's stay float64.</summary>
+    public static Tensor Widen(Tensor t) =>
+        t.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? t.to_type(ScalarType.Float32) : t;
+
+    /// <summary>Whether a tensor (e.g. a model's first weight) is 16-bit floating point.</summary>
+    public static bool IsHalf(Tensor t) => t.dtype is ScalarType.BFloat16 or ScalarType.Float16;
 
     public static ScalarType DType(Precision p) => p == Precision.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
 
     /// <summary>
-    /// Casts every floating parameter except those of <see cref="KeepsFp32"/> to the compute dtype, in place: each leaf
+    /// Refuses to resume a run in another precision than the one it was trained in. The newest checkpoint under
+    /// <paramref name="outputDir"/> holds AdamW master copies ("master.*" in optimizer.safetensors) exactly when it was
+    /// a mixed-precision run; resuming it in fp32 would fail on those, and resuming an fp32 run in bf16 would silently
+    /// round its weights. A no-op without <paramref name="resume"/> or a checkpoint. Call before Trainer.Run.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The checkpoint's precision differs; names the checkpoint and the option.</exception>
+    public static void CheckResume(string? outputDir, bool resume, Precision precision)
+    {
+        if (!resume || outputDir is null || Trainer.LatestCheckpoint(outputDir) is not { } checkpoint) return;
+        string optimizer = Path.Combine(checkpoint, "optimizer.safetensors");
+        if (!File.Exists(optimizer)) return;
+        bool mixed;
+        using (var f = IO.SafeTensors.Open(optimizer)) mixed = f.Names.Any(n => n.StartsWith("master.", StringComparison.Ordinal));
+        if (mixed == (precision != Precision.Fp32)) return;
+        string was = mixed ? "bf16" : "fp32";
+        throw new InvalidDataException($"{checkpoint}: the run was trained in {was}, this one asks for {precision.ToString().ToLowerInvariant()}; " +
+            $"resume with --precision {was} or start a new output folder");
+    }
+
+    /// <summary>
+    /// Casts every floating parameter except those of <see cref="KeepsFp32"/> (and, for a model that is an
+    /// <see cref="IFp32Parameters"/>, those it names) to the compute dtype, in place: each leaf
     /// module is converted with Module.to (TorchSharp cannot change a parameter's dtype in place), the float32
     /// exceptions are put back, and tied parameters (lm_head.weight = embeddings.weight) are tied again.
     /// </summary>
@@ -32,18 +84,20 @@ public static class MixedPrecision
     {
         var dtype = DType(precision);
         if (precision == Precision.Fp32) { RestoreFp32(model, _ => true); return; }
+        Func<string, bool> keep = model is IFp32Parameters own32 ? n => KeepsFp32(n) || own32.KeepsFp32(n) : KeepsFp32;
         var aliases = Aliases(model);
         using (torch.no_grad())
         {
+            CastShared(model, dtype, keep);
             foreach (var (name, m) in model.named_modules())
             {
                 if (m.named_children().Any()) continue;                                   // leaves only
                 var own = m.named_parameters(recurse: false).ToList();
-                if (own.Count == 0 || own.All(p => KeepsFp32(Join(name, p.name)))) continue;
+                if (own.Count == 0 || own.All(p => keep(Join(name, p.name)))) continue;
                 m.to(dtype);
             }
         }
-        RestoreFp32(model, KeepsFp32);
+        RestoreFp32(model, keep);
         Retie(model, aliases);
     }
 
@@ -67,6 +121,32 @@ public static class MixedPrecision
 
     static string Join(string prefix, string name) => prefix.Length == 0 ? name : prefix + "." + name;
 
+    /// <summary>
+    /// Casts each parameter registered in more than one module (a tied LM head: one Parameter object owned by the
+    /// embedding and by lm_head) once, and registers the cast in every owner. Module.to on one owner would replace the
+    /// shared object under no_grad and leave the other owner without a live parameter: the embedding then vanished from
+    /// the state dict, so the saved checkpoint lacked it. The leaf casts that follow find these already converted.
+    /// </summary>
+    static void CastShared(nn.Module model, ScalarType dtype, Func<string, bool> keep)
+    {
+        var modules = model.named_modules().ToDictionary(m => m.name, m => m.module);
+        foreach (var group in Registrations(model, modules).Where(g => g.Count > 1))
+        {
+            var first = group[0].P;
+            if (!first.is_floating_point() || first.dtype == dtype || group.Any(r => keep(Join(r.Owner, r.Name)))) continue;
+            var cast = new Parameter(first.detach().to_type(dtype), first.requires_grad);
+            foreach (var (owner, name, _) in group) Replace(owner.Length == 0 ? model : modules[owner], name, cast);
+        }
+    }
+
+    /// <summary>Every registration of a parameter (owner module name, parameter name, parameter), grouped by storage:
+    /// a tied parameter is one group with a registration per owner (named_parameters lists it once).</summary>
+    static List<List<(string Owner, string Name, Parameter P)>> Registrations(nn.Module model, Dictionary<string, nn.Module> modules) =>
+        model.named_parameters(recurse: false).Select(p => (Owner: "", Name: p.name, P: p.parameter))
+            .Concat(modules.SelectMany(m => m.Value.named_parameters(recurse: false).Select(p => (Owner: m.Key, Name: p.name, P: p.parameter))))
+            .GroupBy(r => Native.TensorPointer.Of(r.P) is var ptr && ptr != IntPtr.Zero ? ptr : r.P.Handle)   // empty tensors have no storage
+            .Select(g => g.ToList()).ToList();
+
     /// <summary>alias name -> the name it shares storage with.</summary>
     static Dictionary<string, string> Aliases(nn.Module model)
     {
@@ -84,12 +164,13 @@ public static class MixedPrecision
     {
         using var noGrad = torch.no_grad();
         var modules = model.named_modules().ToDictionary(m => m.name, m => m.module);
-        foreach (var (name, p) in model.named_parameters().ToList())
+        // Per storage, so that a tied parameter becomes one float32 object in every owner (not in the first one only).
+        foreach (var group in Registrations(model, modules))
         {
-            if (!p.is_floating_point() || p.dtype == ScalarType.Float32 || !which(name)) continue;
-            int dot = name.LastIndexOf('.');
-            var owner = dot < 0 ? model : modules[name[..dot]];
-            Replace(owner, name[(dot + 1)..], new Parameter(p.detach().to_type(ScalarType.Float32), p.requires_grad));
+            var p = group[0].P;
+            if (!p.is_floating_point() || p.dtype == ScalarType.Float32 || !group.Any(r => which(Join(r.Owner, r.Name)))) continue;
+            var p32 = new Parameter(p.detach().to_type(ScalarType.Float32), p.requires_grad);
+            foreach (var (owner, name, _) in group) Replace(owner.Length == 0 ? model : modules[owner], name, p32);
         }
     }
 

@@ -32,4 +32,26 @@ public class TiedWeightsTests
         double max = moved.masked_select(hasGrad).max().item<float>();
         Assert.True(Math.Abs(max - 1e-2) < 1e-4, $"largest move {max}, want lr = 0.01");
     }
+
+    // MixedPrecision.Apply converts module by module; a tied matrix registered in two modules must come out as one bf16
+    // parameter registered in both (a bf16 run once saved a checkpoint without backbone.embeddings.weight), and a cast
+    // back to fp32 must reach both owners.
+    [Fact]
+    public void MixedPrecisionKeepsTheTiedMatrixInBothOwnersBothWays()
+    {
+        torch.manual_seed(Environment.TickCount);
+        using var lm = new MambaLM(new MambaLMConfig(VocabSize: 16, DModel: 8, NLayer: 1, Mamba: new Ssm.Backbone.Layers.MambaConfig(8, DState: 4)));
+        using var original = lm.backbone.embeddings.weight!.detach().clone();
+        MixedPrecision.Apply(lm, Precision.Bf16);
+        var weights = Ssm.Backbone.IO.ModelFolder.Weights(lm);
+        Assert.True(weights.ContainsKey("backbone.embeddings.weight"), "the saved weights lost the embedding");
+        Assert.Equal(ScalarType.BFloat16, lm.backbone.embeddings.weight!.dtype);
+        Assert.Equal(StoragePtr(lm.backbone.embeddings.weight!), StoragePtr(lm.lm_head.weight!));
+        Assert.Equal(ScalarType.Float32, ((Ssm.Backbone.Layers.Mamba)lm.backbone.layers[0].mixer).A_log.dtype);
+        Assert.True(lm.backbone.embeddings.weight!.to_type(ScalarType.Float32).allclose(original, rtol: 1e-2, atol: 1e-3));
+        MixedPrecision.Apply(lm, Precision.Fp32);
+        Assert.Equal(ScalarType.Float32, lm.backbone.embeddings.weight!.dtype);
+        Assert.Equal(ScalarType.Float32, lm.lm_head.weight!.dtype);
+        Assert.Equal(StoragePtr(lm.backbone.embeddings.weight!), StoragePtr(lm.lm_head.weight!));
+    }
 }

@@ -289,4 +289,68 @@ public sealed class CliTests : IDisposable
         Assert.Contains("Usage:", o);
         Assert.Contains("--help", o);
     }
+
+    // --device (the suite's shared option, resolved by Devices.Resolve): the default is auto, which runs on the CPU where
+    // there is no CUDA (and says so on stderr where there is), and a bad value is a one-line error on every command.
+    string Image => Path.Combine(_images, "grey.png");
+
+    [Fact]
+    public void TheDefaultDeviceIsAutoAndRunsOnTheCpuWithoutCuda()
+    {
+        var (code, o, e) = Run("classify", "--model", _model, "--json", "--top-k", "4", Image);
+        Assert.True(code == 0, e);
+        if (torch.cuda.is_available())
+            Assert.StartsWith("using CUDA", ConsoleCapture.Lines(e)[0]);
+        else
+        {
+            Assert.Equal("", e);                                         // no CUDA notice, nothing else either
+            // The same numbers as an explicit --device cpu run, and as the library on the CPU.
+            var (cpuCode, cpuOut, cpuErr) = Run("classify", "--model", _model, "--json", "--top-k", "4", "--device", "cpu", Image);
+            Assert.True(cpuCode == 0, cpuErr);
+            Assert.Equal(cpuOut, o);
+        }
+        var predictions = JsonNode.Parse(o)!["results"]![0]!["predictions"]!.AsArray();
+        using var clf = ImageClassifier.Load(_model, torch.CPU);
+        using var input = clf.Prepare(ImageIO.Load(Image));
+        var expected = clf.Classify([input], 4)[0];
+        Assert.Equal(expected.Length, predictions.Count);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.Equal(expected[i].Index, predictions[i]!["index"]!.GetValue<int>());
+            Assert.Equal(expected[i].Probability, predictions[i]!["probability"]!.GetValue<double>(), 1e-5);
+        }
+    }
+
+    [Fact]
+    public void ABadDeviceIsAOneLineErrorOnEveryCommandThatTakesIt()
+    {
+        string data = Path.Combine(_dir, "no-data");
+        string[][] commands =
+        [
+            ["classify", "--model", _model, Image],
+            ["eval", "--model", _model, "--data", data],
+            ["train", "--data", data, "--out", Path.Combine(_dir, "out"), "--model-type", "cnn"],
+        ];
+        foreach (var args in commands)
+        {
+            var r = Run([.. args, "--device", "bogus"]);
+            string line = ConsoleCapture.AssertOneLineError(r);
+            Assert.Contains("--device bogus", line);
+            Assert.Equal(1, r.Code);
+        }
+        Assert.False(Directory.Exists(Path.Combine(_dir, "out")), "train must fail before it writes anything");
+    }
+
+    [Fact]
+    public void HelpShowsTheAutoDefault()
+    {
+        foreach (var command in new[] { "classify", "eval", "train" })
+        {
+            var (code, o, _) = Run(command, "--help");
+            Assert.Equal(0, code);
+            string line = ConsoleCapture.Lines(o).Single(l => l.StartsWith("--device", StringComparison.Ordinal));
+            Assert.Contains("auto", line);
+            Assert.Contains("[default: auto]", line);
+        }
+    }
 }
