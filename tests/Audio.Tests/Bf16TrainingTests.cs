@@ -11,6 +11,7 @@ using Ssm.Backbone.IO;
 using Ssm.Backbone.Training;
 using TorchSharp;
 using TorchSharp.Modules;
+using Ssm.Tests;
 using static TorchSharp.torch;
 
 namespace Ssm.Audio.Tests;
@@ -22,47 +23,6 @@ public sealed class Bf16TrainingTests : IDisposable
 
     public void Dispose() { try { Directory.Delete(_dir, true); } catch (IOException) { } }
 
-    /// <summary>The SSM parameters the references keep in float32, by name (written out here, not taken from the library).</summary>
-    static bool IsSsmParameter(string name)
-    {
-        string last = name[(name.LastIndexOf('.') + 1)..];
-        return last is "A_log" or "D" or "log_dt" or "log_A_real" or "A_imag" || name.EndsWith("dt_proj.bias") || name.EndsWith("kernel.C");
-    }
-
-    /// <summary>Every SSM parameter float32 (at least one when <paramref name="ssm"/>); every other Linear / Conv /
-    /// Embedding weight bf16 (at least one) unless <paramref name="alsoFp32"/> names it.</summary>
-    static void AssertMixed(nn.Module model, bool ssm, Func<string, bool>? alsoFp32 = null)
-    {
-        int kept = 0, half = 0;
-        foreach (var (name, p) in model.named_parameters())
-            if (IsSsmParameter(name)) { Assert.True(p.dtype == ScalarType.Float32, $"{name} is {p.dtype}"); kept++; }
-        foreach (var (prefix, m) in model.named_modules())
-        {
-            if (m is not (Linear or Conv1d or Embedding)) continue;
-            foreach (var (n, p) in m.named_parameters(recurse: false))
-            {
-                string name = prefix + "." + n;
-                if (IsSsmParameter(name) || alsoFp32?.Invoke(name) == true) continue;
-                Assert.True(p.dtype == ScalarType.BFloat16, $"{name} is {p.dtype}");
-                half++;
-            }
-        }
-        Assert.True(half > 0, "no bf16 matrix");
-        if (ssm) Assert.True(kept > 0, "no SSM parameter found");
-    }
-
-    static Dictionary<string, Tensor> Snapshot(nn.Module model) =>
-        model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().to_type(ScalarType.Float32).clone());
-
-    static bool Same(Tensor a, Tensor b)
-    {
-        using var eq = a.eq(b);
-        using var all = eq.all();
-        return a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && all.item<bool>();
-    }
-
-    static int Changed(nn.Module model, Dictionary<string, Tensor> before) =>
-        model.named_parameters().Count(p => !Same(p.parameter.detach().to_type(ScalarType.Float32), before[p.name]));
 
     /// <summary>Clips (n, l) of a tone and its harmonic, a different pitch per clip, at 16 kHz.</summary>
     static Tensor Tones(int n, int l)
@@ -98,7 +58,7 @@ public sealed class Bf16TrainingTests : IDisposable
         string dir = Path.Combine(_dir, kind);
         using var audio = Tones(3, 400);
         using var model = Tiny(kind, 3);
-        var before = Snapshot(model.Model);
+        var before = Bf16Check.Snapshot(model.Model);
         Func<string, bool>? alsoFp32 = model.Model is IFp32Parameters f ? f.KeepsFp32 : null;
         bool checkedDuringTraining = false;
         var options = new TrainOptions { Steps = 3, LearningRate = 1e-2, WarmupSteps = 1, LogEvery = 0, CheckpointEvery = 2, OutputDir = dir, Seed = 2 };
@@ -106,7 +66,7 @@ public sealed class Bf16TrainingTests : IDisposable
             new AudioTrainOptions { BatchSize = 2, CropLength = 128, EvalClips = 0, Precision = Precision.Bf16 }, afterStep: _ =>
             {
                 if (checkedDuringTraining) return;
-                AssertMixed(model.Model, ssm: kind != "lstm", alsoFp32);
+                Bf16Check.AssertMixed(model.Model, ssm: kind != "lstm", alsoFp32);
                 if (kind == "sashimi")
                 {
                     // The S4D variant: every S4D layer stays float32 as a whole (its output projection included), the rest is bf16.
@@ -120,13 +80,13 @@ public sealed class Bf16TrainingTests : IDisposable
         Assert.True(checkedDuringTraining);
         Assert.True(double.IsFinite(result.LastLoss), $"loss {result.LastLoss}");
         Assert.True(double.IsFinite(result.LastEval["valid_bits_per_sample"]), "validation NLL not finite");
-        Assert.True(Changed(model.Model, before) > model.Model.parameters().Count() / 2, "the weights did not move");
+        Assert.True(Bf16Check.Changed(model.Model, before) > model.Model.parameters().Count() / 2, "the weights did not move");
 
         using var loaded = AudioModel.Load(dir);
         Assert.All(loaded.Model.parameters(), p => Assert.Equal(ScalarType.Float32, p.dtype));
         var saved = loaded.Model.state_dict();
         foreach (var (name, p) in model.Model.named_parameters())
-            Assert.True(Same(p.detach().to_type(ScalarType.Float32), saved[name]), $"{name} did not load as saved");
+            Assert.True(Bf16Check.Same(p.detach().to_type(ScalarType.Float32), saved[name]), $"{name} did not load as saved");
         using var classes = model.EncodeClips(audio);
         using var ids = model.ShiftedInputs(classes);
         using var want = loaded.Logits(ids);
@@ -148,7 +108,7 @@ public sealed class Bf16TrainingTests : IDisposable
         using var batch = new AudioBatch(clips.alias(), labels.alias(), [], new long[classes.Length], 8000);
         torch.manual_seed(5);
         using var clf = DigitClassifier.Create(DigitClassifierTests.Small, DigitClassifierTests.Labels);
-        var before = Snapshot(clf.Model);
+        var before = Bf16Check.Snapshot(clf.Model);
         var o = new DigitTrainOptions
         {
             Steps = 3, BatchSize = 4, LearningRate = 1e-2, WarmupSteps = 1, LogEvery = 0, OutputDir = dir, EvalBatchSize = 4,
@@ -157,8 +117,8 @@ public sealed class Bf16TrainingTests : IDisposable
         var result = DigitTraining.Train(clf, batch, batch, o);
         Assert.True(double.IsFinite(result.LastLoss), $"loss {result.LastLoss}");
         Assert.True(double.IsFinite(result.LastEval["val_loss"]), "validation loss not finite");
-        AssertMixed(clf.Model, ssm: true);                                         // the model stays in its training precision
-        Assert.True(Changed(clf.Model, before) > clf.Model.parameters().Count() / 2, "the weights did not move");
+        Bf16Check.AssertMixed(clf.Model, ssm: true);                                         // the model stays in its training precision
+        Assert.True(Bf16Check.Changed(clf.Model, before) > clf.Model.parameters().Count() / 2, "the weights did not move");
 
         using var loaded = DigitClassifier.Load(dir);
         Assert.All(loaded.Model.parameters(), p => Assert.Equal(ScalarType.Float32, p.dtype));

@@ -10,6 +10,7 @@ using Ssm.Backbone.Training;
 using Ssm.Genomics;
 using TorchSharp;
 using TorchSharp.Modules;
+using Ssm.Tests;
 using static TorchSharp.torch;
 
 namespace Ssm.Genomics.Tests;
@@ -21,45 +22,6 @@ public sealed class Bf16TrainingTests : IDisposable
 
     public void Dispose() { try { Directory.Delete(_dir, true); } catch (IOException) { } }
 
-    /// <summary>The SSM parameters the references keep in float32, by name (written out here, not taken from the library).</summary>
-    static bool IsSsmParameter(string name)
-    {
-        string last = name[(name.LastIndexOf('.') + 1)..];
-        return last is "A_log" or "D" || name.EndsWith("dt_proj.bias");
-    }
-
-    /// <summary>Every SSM parameter float32 (at least one), every other Linear / Conv1d / Embedding weight bf16 (at least one).</summary>
-    static void AssertMixed(nn.Module model)
-    {
-        int kept = 0, half = 0;
-        foreach (var (name, p) in model.named_parameters())
-            if (IsSsmParameter(name)) { Assert.True(p.dtype == ScalarType.Float32, $"{name} is {p.dtype}"); kept++; }
-        foreach (var (prefix, m) in model.named_modules())
-        {
-            if (m is not (Linear or Conv1d or Embedding)) continue;
-            foreach (var (n, p) in m.named_parameters(recurse: false))
-            {
-                string name = prefix + "." + n;
-                if (IsSsmParameter(name)) continue;
-                Assert.True(p.dtype == ScalarType.BFloat16, $"{name} is {p.dtype}");
-                half++;
-            }
-        }
-        Assert.True(half > 0 && kept > 0, $"{half} bf16 matrices, {kept} float32 SSM parameters");
-    }
-
-    static Dictionary<string, Tensor> Snapshot(nn.Module model) =>
-        model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().to_type(ScalarType.Float32).clone());
-
-    static bool Same(Tensor a, Tensor b)
-    {
-        using var eq = a.eq(b);
-        using var all = eq.all();
-        return a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && all.item<bool>();
-    }
-
-    static int Changed(nn.Module model, Dictionary<string, Tensor> before) =>
-        model.named_parameters().Count(p => !Same(p.parameter.detach().to_type(ScalarType.Float32), before[p.name]));
 
     /// <summary>The saved run as a float32 model with exactly the in-memory model's weights.</summary>
     static DnaModel LoadAndCompare(DnaModel model, string dir)
@@ -68,7 +30,7 @@ public sealed class Bf16TrainingTests : IDisposable
         Assert.All(loaded.Module.parameters(), p => Assert.Equal(ScalarType.Float32, p.dtype));
         var saved = loaded.Module.state_dict();
         foreach (var (name, p) in model.Module.named_parameters())
-            Assert.True(Same(p.detach().to_type(ScalarType.Float32), saved[name]), $"{name} did not load as saved");
+            Assert.True(Bf16Check.Same(p.detach().to_type(ScalarType.Float32), saved[name]), $"{name} did not load as saved");
         return loaded;
     }
 
@@ -83,18 +45,18 @@ public sealed class Bf16TrainingTests : IDisposable
         var source = DnaLMTests.MotifGenome(11);
         torch.manual_seed(3);
         using var model = DnaModel.CreateCausal(DnaLMConfig.Tiny);
-        var before = Snapshot(model.Module);
+        var before = Bf16Check.Snapshot(model.Module);
         bool checkedDuringTraining = false;
         var result = DnaTraining.TrainCausal(model, source, source, Options(dir), Bf16, afterStep: _ =>
         {
             if (checkedDuringTraining) return;
-            AssertMixed(model.Module);
+            Bf16Check.AssertMixed(model.Module);
             checkedDuringTraining = true;
         });
         Assert.True(checkedDuringTraining);
         Assert.Contains("lm_head.weight", ModelFolder.TiedNames(model.Module));        // still one tensor with the embedding
         Assert.True(double.IsFinite(result.LastLoss), $"loss {result.LastLoss}");
-        Assert.True(Changed(model.Module, before) > model.Module.parameters().Count() / 2, "the weights did not move");
+        Assert.True(Bf16Check.Changed(model.Module, before) > model.Module.parameters().Count() / 2, "the weights did not move");
 
         using var loaded = LoadAndCompare(model, dir);
         double bf16 = result.LastEval["valid_bits_per_base"];
@@ -114,12 +76,12 @@ public sealed class Bf16TrainingTests : IDisposable
         var source = DnaLMTests.MotifGenome(12);
         torch.manual_seed(4);
         using var model = DnaModel.CreateMaskedLM(CaduceusConfig.TinyPs);
-        var before = Snapshot(model.Module);
+        var before = Bf16Check.Snapshot(model.Module);
         var result = DnaTraining.TrainMaskedLM(model, source, source, Options(dir), Bf16);
-        AssertMixed(model.Module);                                                        // the model stays in its training precision
+        Bf16Check.AssertMixed(model.Module);                                                        // the model stays in its training precision
         Assert.NotEmpty(ModelFolder.TiedNames(model.Module));                            // the LM head still is the embedding
         Assert.True(double.IsFinite(result.LastLoss), $"loss {result.LastLoss}");
-        Assert.True(Changed(model.Module, before) > model.Module.parameters().Count() / 2, "the weights did not move");
+        Assert.True(Bf16Check.Changed(model.Module, before) > model.Module.parameters().Count() / 2, "the weights did not move");
 
         using var loaded = LoadAndCompare(model, dir);
         using var ids = DnaTraining.ValidationWindows(source, 4, 48, 2);
@@ -152,11 +114,11 @@ public sealed class Bf16TrainingTests : IDisposable
         var data = new DnaLabelledSet(x, labels);
         torch.manual_seed(5);
         using var model = DnaModel.CreateClassifier(CaduceusConfig.Tiny, ["gc-rich", "at-rich"]);
-        var before = Snapshot(model.Module);
+        var before = Bf16Check.Snapshot(model.Module);
         var result = DnaTraining.TrainClassifier(model, data, data, Options(dir), Bf16 with { BatchSize = 8 });
-        AssertMixed(model.Module);
+        Bf16Check.AssertMixed(model.Module);
         Assert.True(double.IsFinite(result.LastLoss), $"loss {result.LastLoss}");
-        Assert.True(Changed(model.Module, before) > model.Module.parameters().Count() / 2, "the weights did not move");
+        Assert.True(Bf16Check.Changed(model.Module, before) > model.Module.parameters().Count() / 2, "the weights did not move");
 
         using var loaded = LoadAndCompare(model, dir);
         var e16 = DnaTraining.EvalClassifier(model, data);
