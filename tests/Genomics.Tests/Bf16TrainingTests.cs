@@ -97,20 +97,9 @@ public sealed class Bf16TrainingTests : IDisposable
     {
         string dir = Path.Combine(_dir, "clf");
         var rng = new Random(7);
-        int n = 16, len = 24;
-        var ids = new long[n * len];
-        var y = new long[n];
-        for (int i = 0; i < n; i++)
-        {
-            y[i] = i % 2;
-            for (int j = 0; j < len; j++)
-            {
-                bool gc = rng.NextDouble() < (y[i] == 0 ? 0.8 : 0.2);
-                ids[i * len + j] = gc ? (rng.Next(2) == 0 ? DnaTokenizer.G : DnaTokenizer.C) : (rng.Next(2) == 0 ? DnaTokenizer.A : DnaTokenizer.T);
-            }
-        }
-        using var x = torch.tensor(ids, new long[] { n, len });
-        using var labels = torch.tensor(y);
+        var (x, labels) = CaduceusTests.GcVersusAt(rng, 16, 24);
+        using var xDispose = x;
+        using var labelsDispose = labels;
         var data = new DnaLabelledSet(x, labels);
         torch.manual_seed(5);
         using var model = DnaModel.CreateClassifier(CaduceusConfig.Tiny, ["gc-rich", "at-rich"]);

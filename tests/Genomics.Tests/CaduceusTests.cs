@@ -350,21 +350,10 @@ public class CaduceusTests
         var rng = Fresh(out int seed);
         torch.manual_seed(seed);
         using var model = DnaModel.CreateClassifier(CaduceusConfig.TinyPs, ["gc-rich", "at-rich"]);
-        // class 0: mostly G/C, class 1: mostly A/T (strand-symmetric, so learnable by an RC-invariant model)
-        int n = 32, len = 24;
-        var ids = new long[n * len];
-        var y = new long[n];
-        for (int i = 0; i < n; i++)
-        {
-            y[i] = i % 2;
-            for (int j = 0; j < len; j++)
-            {
-                bool gc = rng.NextDouble() < (y[i] == 0 ? 0.8 : 0.2);
-                ids[i * len + j] = gc ? (rng.Next(2) == 0 ? DnaTokenizer.G : DnaTokenizer.C) : (rng.Next(2) == 0 ? DnaTokenizer.A : DnaTokenizer.T);
-            }
-        }
-        using var x = torch.tensor(ids, new long[] { n, len });
-        using var labels = torch.tensor(y);
+        const int n = 32;
+        var (x, labels) = GcVersusAt(rng, n, 24);
+        using var xDispose = x;
+        using var labelsDispose = labels;
         var data = new DnaLabelledSet(x, labels);
         var before = DnaTraining.EvalClassifier(model, data);
         var result = DnaTraining.TrainClassifier(model, data, data,
@@ -376,5 +365,23 @@ public class CaduceusTests
         long total = 0;
         foreach (var c in after.Confusion) total += c;
         Assert.Equal(n, total);
+    }
+
+    /// <summary>n windows of length len as token ids, class 0 mostly G/C and class 1 mostly A/T (strand-symmetric, so
+    /// learnable by an RC-invariant model), alternating; labels (n).</summary>
+    internal static (Tensor Ids, Tensor Labels) GcVersusAt(Random rng, int n, int len)
+    {
+        var ids = new long[n * len];
+        var y = new long[n];
+        for (int i = 0; i < n; i++)
+        {
+            y[i] = i % 2;
+            for (int j = 0; j < len; j++)
+            {
+                bool gc = rng.NextDouble() < (y[i] == 0 ? 0.8 : 0.2);
+                ids[i * len + j] = gc ? (rng.Next(2) == 0 ? DnaTokenizer.G : DnaTokenizer.C) : (rng.Next(2) == 0 ? DnaTokenizer.A : DnaTokenizer.T);
+            }
+        }
+        return (torch.tensor(ids, new long[] { n, len }), torch.tensor(y));
     }
 }
