@@ -54,4 +54,21 @@ public class TiedWeightsTests
         Assert.Equal(ScalarType.Float32, lm.lm_head.weight!.dtype);
         Assert.Equal(StoragePtr(lm.backbone.embeddings.weight!), StoragePtr(lm.lm_head.weight!));
     }
+
+    // MoveTo converts the model module by module (TorchSharp's Module.to), which would give lm_head and the embeddings
+    // two copies; afterwards they must again be one parameter object in both owners, with the converted values.
+    [Fact]
+    public void MoveToWithADtypeKeepsTheTiedMatrixOneParameter()
+    {
+        torch.manual_seed(Environment.TickCount);
+        using var lm = new MambaLM(new MambaLMConfig(VocabSize: 16, DModel: 8, NLayer: 1, Mamba: new Ssm.Backbone.Layers.MambaConfig(8, DState: 4)));
+        using var original = lm.backbone.embeddings.weight!.detach().to_type(ScalarType.Float64);
+        MixedPrecision.MoveTo(lm, torch.CPU, ScalarType.Float64);
+        Assert.Equal(ScalarType.Float64, lm.lm_head.weight!.dtype);
+        Assert.Equal(StoragePtr(lm.backbone.embeddings.weight!), StoragePtr(lm.lm_head.weight!));
+        var ps = lm.named_parameters().ToList();
+        Assert.Equal(ps.Count, ps.Select(p => p.parameter.Handle).Distinct().Count());
+        Assert.Contains(ps, p => p.name == "backbone.embeddings.weight");
+        Assert.True(lm.backbone.embeddings.weight!.allclose(original, rtol: 0, atol: 0));
+    }
 }
