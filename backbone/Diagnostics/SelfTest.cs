@@ -190,6 +190,7 @@ public static class SelfTest
             err = Math.Max(err, Rel(e, a));
         }
         for (int i = 0; i < s1.Layers.Count; i++) err = Math.Max(err, Rel(s2.Layers[i].Ssm, s1.Layers[i].Ssm));
+        if (graph && !engine.UseGraph) throw new InvalidOperationException($"CUDA graph capture failed ({engine.GraphError}); the engine falls back to launches");
         return err;
     }
 

@@ -35,8 +35,11 @@ public sealed unsafe class CudaDecodeEngine : IDisposable
     IntPtr graph;
     IntPtr[]? graphKey;
 
-    /// <summary>Whether steps after the first of a batch replay a captured CUDA graph.</summary>
-    public bool UseGraph { get; }
+    /// <summary>Whether steps after the first of a batch replay a captured CUDA graph (false after a capture failed).</summary>
+    public bool UseGraph { get; private set; }
+
+    /// <summary>Why graph capture failed (the engine then launches the kernels every step), or null.</summary>
+    public string? GraphError { get; private set; }
 
     /// <summary>Why <paramref name="model"/> cannot use the engine, or null when it can.</summary>
     public static string? Unsupported(MambaLM model)
@@ -143,8 +146,14 @@ public sealed unsafe class CudaDecodeEngine : IDisposable
                     DestroyGraph();
                     int err;
                     graph = x.GraphCreate(L, nLayers, dm, dIn, n, r, k, vocab, bf16, eps, emb, normF, head, Ptr(ids), b, Ptr(logits!), Ptr(work!), &err);
-                    Check(err);
-                    graphKey = key;
+                    if (err == 0) graphKey = key;
+                    else
+                    {
+                        // A driver or setup that cannot capture (e.g. an old driver) still decodes, one launch per kernel.
+                        graph = IntPtr.Zero;
+                        UseGraph = false;
+                        GraphError = CudaLib.Error(err);
+                    }
                 }
             }
         }
