@@ -72,6 +72,20 @@ public static class Cli
         DefaultValueFactory = _ => "auto",
     };
 
+    /// <summary>The --precision option of the training commands (<paramref name="keptFp32"/>: what stays float32).</summary>
+    public static System.CommandLine.Option<string> PrecisionOption(string keptFp32 = "fp32 SSM parameters and master weights") => new("--precision")
+    {
+        Description = $"fp32 or bf16 (bf16 compute, {keptFp32})",
+        DefaultValueFactory = _ => "fp32",
+    };
+
+    /// <summary>A --precision value; anything but fp32/bf16 is a usage error.</summary>
+    public static Ssm.Backbone.Training.Precision ParsePrecision(string? value)
+    {
+        try { return Ssm.Backbone.Training.MixedPrecision.Parse(value); }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
+    }
+
     /// <summary>The --json switch: <paramref name="what"/> printed as JSON on stdout.</summary>
     public static System.CommandLine.Option<bool> JsonOption(string what) => new("--json") { Description = $"print {what} as JSON on stdout" };
 

@@ -105,17 +105,6 @@ public static class AudioCli
 
     // ------------------------------------------------------------------ generate / continue
 
-    /// <summary>--precision of the training commands.</summary>
-    static Option<string> PrecisionOption() =>
-        new("--precision") { Description = "fp32 or bf16 (bf16 compute, fp32 SSM parameters and master weights)", DefaultValueFactory = _ => "fp32" };
-
-    /// <summary>A --precision value; anything but fp32/bf16 is a usage error.</summary>
-    static Precision ParsePrecision(string? value)
-    {
-        try { return MixedPrecision.Parse(value); }
-        catch (ArgumentException e) { throw new UsageException(e.Message); }
-    }
-
     sealed record SamplingArgs(Option<double> Temperature, Option<int> TopK, Option<double> TopP, Option<ulong?> Seed);
 
     static SamplingArgs SamplingOptions() => new(
@@ -295,7 +284,7 @@ public static class AudioCli
         var seed = new Option<long>("--seed") { Description = "seed of the initialisation and data order", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings); Ctrl+C checkpoints and stops" };
         var device = Cli.DeviceOption();
-        var precision = PrecisionOption();
+        var precision = Cli.PrecisionOption();
         var json = Cli.JsonOption("the final summary");
         var cmd = new Command("train", "Train a next-sample model (cross-entropy over quantised samples, shown in bits per sample) on a prepared data folder; Ctrl+C checkpoints, --resume continues.")
         {
@@ -315,7 +304,7 @@ public static class AudioCli
                 if (v is < 0) throw new UsageException($"{name} must be >= 0");
             var ao = new AudioTrainOptions
             {
-                BatchSize = pr.GetValue(batch), CropLength = pr.GetValue(crop), EvalClips = pr.GetValue(evalClips), Precision = ParsePrecision(pr.GetValue(precision)),
+                BatchSize = pr.GetValue(batch), CropLength = pr.GetValue(crop), EvalClips = pr.GetValue(evalClips), Precision = Cli.ParsePrecision(pr.GetValue(precision)),
             };
             try { ao.Validate(); } catch (ArgumentException e) { throw new UsageException(e.Message); }
 
@@ -552,7 +541,7 @@ public static class AudioCli
         var seed = new Option<long>("--seed") { Description = "seed", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out" };
         var device = Cli.DeviceOption();
-        var precision = PrecisionOption();
+        var precision = Cli.PrecisionOption();
         var json = Cli.JsonOption("the final accuracies");
         var cmd = new Command("train-classifier", "Train the spoken-digit classifier (log-mel front end, bidirectional Mamba blocks) that `judge` uses; reports validation and test accuracy.")
         {
@@ -561,7 +550,7 @@ public static class AudioCli
         cmd.SetAction(pr => Cli.Guard(() =>
         {
             if (pr.GetValue(limit) is < 1) throw new UsageException("--train-limit must be at least 1");
-            var mixed = ParsePrecision(pr.GetValue(precision));
+            var mixed = Cli.ParsePrecision(pr.GetValue(precision));
             var job = new DigitTrainJob
             {
                 DataDir = pr.GetValue(data), OutputDir = pr.GetValue(output)!, Preset = pr.GetValue(preset)!, Overrides = ParseSets(pr.GetValue(set)).ToList(),

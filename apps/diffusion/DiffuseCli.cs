@@ -335,7 +335,7 @@ public static class DiffuseCli
         var seed = SeedOption("seed of the initialisation, data order, noise and label dropout");
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings and seed); Ctrl+C checkpoints and stops" };
         var device = Cli.DeviceOption();
-        var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (bf16 compute, fp32 SSM parameters, master weights and EMA)", DefaultValueFactory = _ => "fp32" };
+        var precision = Cli.PrecisionOption("fp32 SSM parameters, master weights and EMA");
         var json = Cli.JsonOption("the final summary");
         var cmd = new Command("train", "Train a class-conditional denoiser (DDPM loss, label dropout for guidance, EMA) on a prepared data folder; Ctrl+C checkpoints, --resume continues.")
         {
@@ -363,9 +363,7 @@ public static class DiffuseCli
             if (valCount < 0) throw new UsageException("--val-limit must be >= 0");
             foreach (var (name, v) in new[] { ("--eval-every", pr.GetValue(evalEvery)), ("--checkpoint-every", pr.GetValue(ckEvery)) })
                 if (v is < 0) throw new UsageException($"{name} must be >= 0");
-            Precision mixed;
-            try { mixed = MixedPrecision.Parse(pr.GetValue(precision)); }
-            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            var mixed = Cli.ParsePrecision(pr.GetValue(precision));
             string outDir = pr.GetValue(output)!;
             bool resuming = pr.GetValue(resume);
             bool existing = Directory.Exists(outDir) && (File.Exists(Path.Combine(outDir, ModelFolder.ConfigFile)) || Trainer.LatestCheckpoint(outDir) is not null);

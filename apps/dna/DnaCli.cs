@@ -722,7 +722,7 @@ public static class DnaCli
         var seed = new Option<long>("--seed") { Description = "seed of the initialisation and the data order", DefaultValueFactory = _ => 0 };
         var resume = new Option<bool>("--resume") { Description = "continue from the newest checkpoint in --out (same settings); Ctrl+C checkpoints and stops" };
         var device = Cli.DeviceOption();
-        var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (bf16 compute, fp32 SSM parameters and master weights)", DefaultValueFactory = _ => "fp32" };
+        var precision = Cli.PrecisionOption();
         var json = Cli.JsonOption("the final summary");
         var cmd = new Command("train",
             "Train a DNA model with the suite's trainer (AdamW, warm-up + cosine, checkpoints, exact --resume): lm = next-base " +
@@ -753,9 +753,7 @@ public static class DnaCli
             foreach (var (name, v) in new[] { ("--eval-every", pr.GetValue(evalEvery)), ("--checkpoint-every", pr.GetValue(ckEvery)) })
                 if (v is < 0) throw new UsageException($"{name} must be >= 0");
             if (pr.GetValue(logEvery) < 0) throw new UsageException("--log-every must be >= 0");
-            Precision mixed;
-            try { mixed = MixedPrecision.Parse(pr.GetValue(precision)); }
-            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            var mixed = Cli.ParsePrecision(pr.GetValue(precision));
             string? initDir = pr.GetValue(init);
             string? modelType = pr.GetValue(type)?.Trim().ToLowerInvariant();
             if (initDir is not null && pretraining) throw new UsageException($"--init fine-tunes a classifier; --task {t} trains from scratch");

@@ -293,7 +293,7 @@ public static class Program
         var warmup = new Option<long>("--warmup") { Description = "linear warm-up steps", DefaultValueFactory = _ => 200 };
         var wd = new Option<double>("--weight-decay") { Description = "AdamW weight decay (matrices only)", DefaultValueFactory = _ => 0.1 };
         var clip = new Option<double>("--grad-clip") { Description = "global gradient-norm clip (0 = off)", DefaultValueFactory = _ => 1.0 };
-        var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (bf16 compute, fp32 SSM parameters and master weights)", DefaultValueFactory = _ => "fp32" };
+        var precision = Cli.PrecisionOption();
         var evalEvery = new Option<long>("--eval-every") { Description = "validate every N steps (bits per byte)", DefaultValueFactory = _ => 500 };
         var evalBytes = new Option<int>("--eval-bytes") { Description = "validation bytes scored each time (0 = the whole split)", DefaultValueFactory = _ => 262144 };
         var ckEvery = new Option<long>("--checkpoint-every") { Description = "checkpoint every N steps", DefaultValueFactory = _ => 250 };
@@ -306,11 +306,7 @@ public static class Program
         {
             if (!MambaByte.Presets.TryGetValue(pr.GetValue(preset)!, out var config))
                 throw new UsageException($"--preset {pr.GetValue(preset)}: expected one of {string.Join(", ", MambaByte.Presets.Keys)}");
-            var prec = pr.GetValue(precision)!.ToLowerInvariant() switch
-            {
-                "fp32" => Precision.Fp32, "bf16" => Precision.Bf16,
-                _ => throw new UsageException($"--precision {pr.GetValue(precision)}: expected fp32 or bf16"),
-            };
+            var prec = Cli.ParsePrecision(pr.GetValue(precision));
             var options = new MambaByteTrainOptions
             {
                 DataDir = pr.GetValue(data)!, OutputDir = pr.GetValue(outDir)!, Config = config, Steps = pr.GetValue(steps),

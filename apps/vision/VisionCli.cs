@@ -321,7 +321,7 @@ public static class VisionCli
         var ckEvery = new Option<long?>("--checkpoint-every") { Description = "checkpoint every N steps (default: every epoch; 0: only at the end)" };
         var logEvery = new Option<long>("--log-every") { Description = "a log.jsonl line every N steps", DefaultValueFactory = _ => 50 };
         var limit = new Option<int?>("--train-limit") { Description = "use only the first N training images (quick trials)" };
-        var precision = new Option<string>("--precision") { Description = "fp32 or bf16 (bf16 compute, fp32 SSM parameters and master weights)", DefaultValueFactory = _ => "fp32" };
+        var precision = Ssm.Apps.Cli.PrecisionOption();
         var json = JsonOption("the final summary");
         var cmd = new Command("train", "Train a classifier on a prepared data folder; evaluates the final model on the test split.")
         {

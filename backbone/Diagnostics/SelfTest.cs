@@ -48,19 +48,12 @@ public static class SelfTest
         var results = new List<SelfTestResult>();
         void Check(string op, double tol, Func<Generator, (Tensor[] Inputs, Func<Tensor[], Tensor[]> F)> make)
         {
-            var clock = Stopwatch.StartNew();
-            try
+            var gen = new Generator((ulong)(seed + results.Count + 1));
+            Record(results, op, tol, () =>
             {
-                using var scope = torch.NewDisposeScope();
-                var gen = new Generator((ulong)(seed + results.Count + 1));
                 var (inputs, f) = make(gen);
-                double err = Compare(inputs, f, device);
-                results.Add(new SelfTestResult(op, err <= tol, err, tol, clock.Elapsed.TotalMilliseconds, null));
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                results.Add(new SelfTestResult(op, false, double.NaN, tol, clock.Elapsed.TotalMilliseconds, e.Message.Split('\n')[0]));
-            }
+                return Compare(inputs, f, device);
+            });
         }
         Tensor R(Generator g, params long[] shape) => torch.randn(shape, ScalarType.Float64, generator: g);
 
@@ -127,20 +120,7 @@ public static class SelfTest
     /// </summary>
     static void CudaOnlyChecks(Device device, long seed, List<SelfTestResult> results)
     {
-        void Add(string op, double tol, Func<double> run)
-        {
-            var clock = Stopwatch.StartNew();
-            try
-            {
-                using var scope = torch.NewDisposeScope();
-                double err = run();
-                results.Add(new SelfTestResult(op, err <= tol, err, tol, clock.Elapsed.TotalMilliseconds, null));
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                results.Add(new SelfTestResult(op, false, double.NaN, tol, clock.Elapsed.TotalMilliseconds, e.Message.Split('\n')[0]));
-            }
-        }
+        void Add(string op, double tol, Func<double> run) => Record(results, op, tol, run);
         Add("selective scan bf16 vs fp32 (fwd+bwd)", 3e-2, () =>
         {
             var g = new Generator((ulong)(seed + 101));
@@ -166,6 +146,23 @@ public static class SelfTest
             foreach (bool graph in new[] { true, false })
                 Add($"CUDA decode step ({(precision == Precision.Fp32 ? "fp32" : "bf16")} weights, {(graph ? "graph" : "launches")}) vs MambaLM.Step",
                     precision == Precision.Fp32 ? 1e-4 : 5e-2, () => DecodeCheck(device, seed, precision, graph));
+    }
+
+    /// <summary>Runs one check (its temporaries in a dispose scope): pass when the error is within the tolerance; an
+    /// exception is a failure carrying its first line.</summary>
+    static void Record(List<SelfTestResult> results, string op, double tol, Func<double> run)
+    {
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            double err = run();
+            results.Add(new SelfTestResult(op, err <= tol, err, tol, clock.Elapsed.TotalMilliseconds, null));
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            results.Add(new SelfTestResult(op, false, double.NaN, tol, clock.Elapsed.TotalMilliseconds, e.Message.Split('\n')[0]));
+        }
     }
 
     /// <summary>Prefill 5 tokens, then 6 steps of a batch of 3 through MambaLM.Step and through the CUDA engine.</summary>

@@ -46,8 +46,7 @@ public static class MixedPrecision
 
     /// <summary>A 16-bit floating tensor (bf16, fp16) as float32, any other tensor as it is: model outputs (logits,
     /// predictions) leave a mixed-precision model in float32, and a float64 model's stay float64.</summary>
-    public static Tensor Widen(Tensor t) =>
-        t.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? t.to_type(ScalarType.Float32) : t;
+    public static Tensor Widen(Tensor t) => IsHalf(t) ? t.to_type(ScalarType.Float32) : t;
 
     /// <summary>Whether a tensor (e.g. a model's first weight) is 16-bit floating point.</summary>
     public static bool IsHalf(Tensor t) => t.dtype is ScalarType.BFloat16 or ScalarType.Float16;
