@@ -69,12 +69,13 @@ public static class SelfTest
             });
         }
         // The tiled CUDA kernel takes channel groups of a multiple of 32 and n <= 32 (n <= 16 and n <= 32 are two
-        // instantiations); the shapes above go to the general kernel. l = 70 covers partial tiles of 32 and 16.
-        foreach (var (d, n, groups) in new[] { (64L, 16L, 2L), (32L, 24L, 1L) })
+        // instantiations); the shapes above go to the general kernel. Both lengths end in partial tiles of 32 and 16:
+        // l = 72 is staged by 16-byte asynchronous copies (l % 8 == 0), l = 70 by plain loads.
+        foreach (var (d, n, groups, l) in new[] { (64L, 16L, 2L, 70L), (32L, 24L, 1L, 70L), (64L, 16L, 2L, 72L), (32L, 24L, 1L, 72L) })
         {
-            Check($"selective scan (tiled shapes d={d} n={n}, fwd+bwd)", 1e-4, g =>
+            Check($"selective scan (tiled shapes d={d} n={n} l={l}, fwd+bwd)", 1e-4, g =>
             {
-                long b = 2, l = 70;
+                long b = 2;
                 var inputs = new[] { R(g, b, d, l), R(g, b, d, l) * 0.5, -torch.rand(d, n, ScalarType.Float64, generator: g) - 0.1,
                     R(g, b, groups, n, l), R(g, b, groups, n, l), R(g, d), R(g, b, d, l), R(g, d) * 0.5 };
                 return (inputs, x => new[] { SelectiveScan.Forward(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], deltaSoftplus: true,

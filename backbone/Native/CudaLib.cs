@@ -77,3 +77,29 @@ public static unsafe class CudaMemory
         return -1;
     }
 }
+
+/// <summary>
+/// GPU time by CUDA events on the legacy default stream (libssm_cuda.so's ssm_timer_begin / ssm_timer_end), for the
+/// benchmarks: the time the device spent on the enqueued work, without the host's launch overhead.
+/// </summary>
+public static unsafe class CudaTimer
+{
+    /// <summary>Whether the loaded libssm_cuda.so has the timer exports.</summary>
+    public static bool Available => CudaLib.Export("ssm_timer_begin") is not null && CudaLib.Export("ssm_timer_end") is not null;
+
+    /// <summary>Runs <paramref name="body"/> between two events and returns the GPU milliseconds (waits for the work).</summary>
+    public static double Measure(Action body)
+    {
+        if (CudaLib.Export("ssm_timer_begin") is not IntPtr begin || CudaLib.Export("ssm_timer_end") is not IntPtr end)
+            throw new InvalidOperationException($"CUDA event timing needs libssm_cuda.so with ssm_timer_begin/end: {CudaLib.Status}");
+        IntPtr start, stop;
+        int code = ((delegate* unmanaged<IntPtr*, IntPtr*, int>)begin)(&start, &stop);
+        if (code != 0) throw new InvalidOperationException($"CUDA event timing failed: {CudaLib.Error(code)}");
+        float ms = 0;
+        try { body(); }
+        finally { code = ((delegate* unmanaged<IntPtr, IntPtr, float*, int>)end)(start, stop, &ms); }
+        if (code != 0) throw new InvalidOperationException($"CUDA event timing failed: {CudaLib.Error(code)}");
+        return ms;
+    }
+}
+

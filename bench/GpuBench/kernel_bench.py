@@ -15,18 +15,18 @@ for path in libs:
             u = torch.randn(b, d, l, device="cuda", generator=g).to(dt)
             de = (torch.randn(b, d, l, device="cuda", generator=g) * 0.5 - 1).to(dt)
             A = -torch.rand(d, n, device="cuda", generator=g) * 4 - 0.5
-            Bt = torch.randn(b, 1, l, n, device="cuda", generator=g).to(dt)
-            Ct = torch.randn(b, 1, l, n, device="cuda", generator=g).to(dt)
+            Bm = torch.randn(b, 1, n, l, device="cuda", generator=g).to(dt)
+            Cm = torch.randn(b, 1, n, l, device="cuda", generator=g).to(dt)
             D = torch.randn(d, device="cuda"); z = torch.randn(b, d, l, device="cuda").to(dt); bias = torch.randn(d, device="cuda") * 0.1
             y = torch.empty_like(u); last = torch.empty(b, d, n, device="cuda")
             nck = (l + 15) // 16
             ck = torch.empty(b * d * nck * n, device="cuda")
             bf = 1 if dt == torch.bfloat16 else 0
-            fwd = lambda c: L.ssm_scan_tiled_fwd(bf, P(u), P(de), P(A), P(Bt), P(Ct), P(D), P(z), P(bias), 1, P(y), P(last), P(c), b, d, l, n, 1)
+            fwd = lambda c: L.ssm_scan_tiled_fwd(bf, P(u), P(de), P(A), P(Bm), P(Cm), P(D), P(z), P(bias), 1, P(y), P(last), P(c), b, d, l, n, 1)
             gy = torch.randn_like(u); gl = torch.zeros(b, d, n, device="cuda")
             gu = torch.empty_like(u); gd = torch.empty_like(u); gz = torch.empty_like(u)
-            gA = torch.zeros(d, n, device="cuda"); gB = torch.zeros(b, 1, l, n, device="cuda"); gC = torch.zeros_like(gB); gD = torch.zeros(d, device="cuda"); gb = torch.zeros(d, device="cuda")
-            bwd = lambda: L.ssm_scan_tiled_bwd(bf, P(u), P(de), P(A), P(Bt), P(Ct), P(D), P(z), P(bias), 1, P(ck), P(gy), P(gl), P(gu), P(gd), P(gA), P(gB), P(gC), P(gD), P(gz), P(gb), b, d, l, n, 1)
+            gA = torch.zeros(d, n, device="cuda"); gB = torch.zeros(b, 1, n, l, device="cuda"); gC = torch.zeros_like(gB); gD = torch.zeros(d, device="cuda"); gb = torch.zeros(d, device="cuda")
+            bwd = lambda: L.ssm_scan_tiled_bwd(bf, P(u), P(de), P(A), P(Bm), P(Cm), P(D), P(z), P(bias), 1, P(ck), P(gy), P(gl), P(gu), P(gd), P(gA), P(gB), P(gC), P(gD), P(gz), P(gb), b, d, l, n, 1)
             def time(fn, reps=15):
                 for _ in range(3): assert fn() == 0
                 ts = []

@@ -290,4 +290,29 @@ long ssm_cuda_mem_used()
     return (long)(total - freeB);
 }
 
+// GPU time of the work enqueued on the legacy default stream (the one libtorch and these kernels use) between
+// ssm_timer_begin and ssm_timer_end, by CUDA events: the benchmarks report it beside the host's wall time, which also
+// counts launch overhead. ssm_timer_end waits for the work, frees both events and returns 0 or a CUDA error.
+int ssm_timer_begin(void** start, void** stop)
+{
+    cudaEvent_t a, b;
+    cudaError_t e = cudaEventCreate(&a);
+    if (e != cudaSuccess) return (int)e;
+    if ((e = cudaEventCreate(&b)) != cudaSuccess) { cudaEventDestroy(a); return (int)e; }
+    *start = a;
+    *stop = b;
+    return (int)cudaEventRecord(a, 0);
+}
+
+int ssm_timer_end(void* start, void* stop, float* ms)
+{
+    cudaEvent_t a = (cudaEvent_t)start, b = (cudaEvent_t)stop;
+    cudaError_t e = cudaEventRecord(b, 0);
+    if (e == cudaSuccess) e = cudaEventSynchronize(b);
+    if (e == cudaSuccess) e = cudaEventElapsedTime(ms, a, b);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return (int)e;
+}
+
 }
