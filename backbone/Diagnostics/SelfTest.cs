@@ -100,10 +100,16 @@ public static class SelfTest
                 return new[] { S4DKernel.FftConv(x[0], S4DKernel.Kernel(x[5], x[1], x[2], C, 64)) };
             });
         });
+        // On CUDA with libssm_cuda.so this is the fused kernel; l = 2100 crosses its 2048-step tiles.
         Check("causal depthwise conv1d + SiLU (fwd+bwd)", 1e-5, g =>
         {
-            var inputs = new[] { R(g, 2, 6, 33), R(g, 6, 1, 4), R(g, 6) };
-            return (inputs, x => new[] { nn.functional.silu(nn.functional.conv1d(x[0], x[1], x[2], padding: 3, groups: 6)[.., .., ..33]) });
+            var inputs = new[] { R(g, 2, 6, 2100), R(g, 6, 1, 4), R(g, 6) };
+            return (inputs, x => new[] { CausalConv.ForwardSilu(x[0], x[1], x[2]) });
+        });
+        Check("causal depthwise conv1d + SiLU (k = 3, no bias, fwd+bwd)", 1e-5, g =>
+        {
+            var inputs = new[] { R(g, 3, 5, 70), R(g, 5, 1, 3) };
+            return (inputs, x => new[] { CausalConv.ForwardSilu(x[0], x[1], null) });
         });
         Check("RMSNorm (fwd+bwd)", 1e-5, g =>
         {
@@ -141,6 +147,49 @@ public static class SelfTest
                 outs.Add(new[] { y }.Concat(grads).ToArray());
             }
             for (int i = 0; i < outs[0].Length; i++) err = Math.Max(err, Rel(outs[0][i], outs[1][i]));
+            return err;
+        });
+        Add("causal conv1d + SiLU bf16 vs fp32 (fwd+bwd)", 3e-2, () =>
+        {
+            var g = new Generator((ulong)(seed + 103));
+            var x = torch.randn(new long[] { 2, 64, 2100 }, generator: g).to(device);
+            var w = (torch.randn(new long[] { 64, 1, 4 }, generator: g) * 0.5).to(device);
+            var bias = torch.randn(64, generator: g).to(device);
+            var outs = new List<Tensor[]>();
+            foreach (var dt in new[] { ScalarType.BFloat16, ScalarType.Float32 })
+            {
+                var xl = x.to(ScalarType.BFloat16).to(dt).detach().requires_grad_(true);
+                var wl = w.detach().requires_grad_(true);
+                var bl = bias.detach().requires_grad_(true);
+                var y = CausalConv.ForwardSilu(xl, wl, bl);
+                var grads = torch.autograd.grad(new[] { y.to(ScalarType.Float32).sum() }, new[] { xl, wl, bl });
+                outs.Add(new[] { y }.Concat(grads).ToArray());
+            }
+            double err = 0;
+            for (int i = 0; i < outs[0].Length; i++) err = Math.Max(err, Rel(outs[0][i], outs[1][i]));
+            return err;
+        });
+        // Without grad the fused scan launches its kernel directly, with grad through the autograd function (which also
+        // saves the states for the backward): the outputs must agree, in both activation dtypes.
+        Add("selective scan without grad (direct launch) vs with grad (fwd, fp32 and bf16)", 1e-6, () =>
+        {
+            var g = new Generator((ulong)(seed + 102));
+            long b = 2, d = 64, l = 72, n = 16;
+            double err = 0;
+            foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                Tensor R(params long[] shape) => torch.randn(shape, ScalarType.Float32, generator: g).to(dt).to(device);
+                var u = R(b, d, l); var dl = R(b, d, l) * 0.5; var B = R(b, 2, n, l); var C = R(b, 2, n, l); var z = R(b, d, l);
+                var A = (-torch.rand(d, n, generator: g) - 0.1).to(device);
+                var D = torch.randn(d, generator: g).to(device);
+                var bias = (torch.randn(d, generator: g) * 0.5).to(device);
+                (Tensor y, Tensor? last) plain, tracked;
+                using (torch.no_grad())
+                    plain = SelectiveScan.Forward(u, dl, A, B, C, D, z, bias, deltaSoftplus: true, returnLastState: true);
+                var uu = u.detach().requires_grad_(true);
+                tracked = SelectiveScan.Forward(uu, dl, A, B, C, D, z, bias, deltaSoftplus: true, returnLastState: true);
+                err = Math.Max(err, Math.Max(Rel(plain.y, tracked.y), Rel(plain.last!, tracked.last!)));
+            }
             return err;
         });
         foreach (var precision in new[] { Precision.Fp32, Precision.Bf16 })

@@ -104,7 +104,7 @@ public sealed class BiMambaV2 : nn.Module<Tensor, Tensor>
     Tensor Direction(Tensor xs, Tensor z, Conv1d conv, Linear xProj, Linear dtProj, Parameter aLog, Parameter d)
     {
         long n = Config.DState, r = Config.Rank;
-        var u = nn.functional.silu(CausalConv.Forward(conv, xs));                  // (b d_inner l)
+        var u = CausalConv.ForwardSilu(conv, xs);                  // (b d_inner l)
         var parts = xProj.forward(u.transpose(1, 2)).split(new[] { r, n, n }, -1); // (b l r), (b l n), (b l n)
         var delta = torch.matmul(dtProj.weight!, parts[0].transpose(1, 2));        // (b d_inner l), bias added in the scan
         var B = parts[1].transpose(1, 2).contiguous();                             // (b n l)

@@ -22,6 +22,21 @@ public static class CausalConv
     }
 
     /// <summary>
+    /// silu(Forward(conv, x)), x (b, c, l) -> (b, c, l): on CUDA one fused kernel (CausalConvCudaKernel) when
+    /// libssm_cuda.so is loaded, else the convolution and the SiLU as tensor ops.
+    /// </summary>
+    public static Tensor ForwardSilu(Conv1d conv, Tensor x) => ForwardSilu(x, conv.weight!, conv.bias);
+
+    /// <summary>The same with the parameters given: weight (c, 1, k), bias (c) or null.</summary>
+    public static Tensor ForwardSilu(Tensor x, Tensor weight, Tensor? bias)
+    {
+        if (CausalConvCudaKernel.Takes(x, weight)) return CausalConvCudaKernel.Apply(x, weight, bias);
+        long l = x.shape[2], k = weight.shape[^1];
+        using var full = nn.functional.conv1d(x, weight, bias, padding: k - 1, groups: x.shape[1]);   // (b c l+k-1)
+        return nn.functional.silu(full[.., .., ..(int)l]);
+    }
+
+    /// <summary>
     /// One step: x (b, c) enters the state (b, c, k) (updated in place: shift left, append x);
     /// returns the convolution output (b, c) for this step.
     /// </summary>

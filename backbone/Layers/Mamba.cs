@@ -95,7 +95,7 @@ public sealed class Mamba : nn.Module<Tensor, Tensor>, IPrefillLayer
         var chunks = xz.chunk(2, 1);
         Tensor xs = chunks[0], z = chunks[1];                                    // (b d_inner l)
         if (state is not null) state.Conv!.copy_(CausalConv.StateAfter(xs, Config.DConv));
-        xs = nn.functional.silu(CausalConv.Forward(conv1d, xs));                 // (b d_inner l)
+        xs = CausalConv.ForwardSilu(conv1d, xs);                 // (b d_inner l)
         var dbc = x_proj.forward(xs.transpose(1, 2));                           // (b l r+2n)
         var parts = dbc.split(new[] { r, n, n }, -1);
         var delta = torch.matmul(dt_proj.weight!, parts[0].transpose(1, 2));    // (b d_inner l), bias added in the scan

@@ -91,7 +91,7 @@ public sealed class Mamba2 : nn.Module<Tensor, Tensor>, IPrefillLayer
         var parts = in_proj.forward(x).split(new[] { c.DInner, c.ConvDim, h }, -1);
         Tensor z = parts[0], xBC = parts[1].transpose(1, 2), dt = parts[2];      // (b l d_in), (b conv_dim l), (b l h)
         if (state is not null) state.Conv!.copy_(CausalConv.StateAfter(xBC, c.DConv));
-        xBC = nn.functional.silu(CausalConv.Forward(conv1d, xBC)).transpose(1, 2); // (b l conv_dim)
+        xBC = CausalConv.ForwardSilu(conv1d, xBC).transpose(1, 2); // (b l conv_dim)
         var xs = xBC.split(new[] { c.DInner, g * n, g * n }, -1);
         var A = -torch.exp(A_log.to_type(ScalarType.Float32));                   // (h)
         var (y, final) = Ssd.ChunkScan(

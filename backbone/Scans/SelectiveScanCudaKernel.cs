@@ -12,7 +12,7 @@
 // The kernels live in libssm_cuda.so (Native.CudaLib); without it SelectiveScan uses the tensor-op path.
 using TorchSharp;
 using static TorchSharp.torch;
-using CudaLib = Ssm.Backbone.Native.CudaLib;
+using Ssm.Backbone.Native;
 
 namespace Ssm.Backbone.Scans;
 
@@ -48,7 +48,7 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
             var run = Run(u, deltaRaw, A, B, C, D ?? none, z ?? none, deltaBias ?? none, softplus, save: false);
             return (run.y.to_type(u.dtype).MoveToOuterDisposeScope(), run.last.MoveToOuterDisposeScope());
         }
-        var outs = apply(u, deltaRaw, A, B, C, D ?? none, z ?? none, deltaBias ?? none, softplus, saveStates);
+        var outs = FusedFunctionTensors.Apply(() => apply(u, deltaRaw, A, B, C, D ?? none, z ?? none, deltaBias ?? none, softplus, saveStates));
         return (outs[0], outs[1]);
     }
 
@@ -91,37 +91,26 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
     static void* P(Tensor t) => t.numel() == 0 ? null : (void*)Ssm.Backbone.Native.TensorPointer.Of(t);
     static float* F(Tensor t) => (float*)P(t);
 
-    // Why the bookkeeping below: on CUDA, autograd runs backward on its own device thread, where no dispose scope of
-    // the caller is active, and TorchSharp's custom-function node keeps its own references to the gradients we return.
-    // Our wrappers of those gradients would then hold device memory until the .NET GC finalises them (about 1 GB per
-    // training step of a small LM: the OOM this code once hit). So backward frees its temporaries in a scope, and the
-    // wrappers it must return are disposed at the next call, when the node has long taken its own references.
-    static readonly System.Collections.Concurrent.ConcurrentQueue<Tensor> Returned = new();
-
-    static void ReleaseReturned()
-    {
-        while (Returned.TryDequeue(out var t)) t.Dispose();
-    }
-
     public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        ReleaseReturned();
+        FusedFunctionTensors.Release();
         using var noGrad = torch.no_grad();
         bool softplus = (bool)vars[8], save = (bool)vars[9];
         var run = Run((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], (Tensor)vars[3], (Tensor)vars[4], (Tensor)vars[5],
             (Tensor)vars[6], (Tensor)vars[7], softplus, save);
         if (save) ctx.save_for_backward(run.saved);
+        var outY = run.y.to_type(((Tensor)vars[0]).dtype);
+        FusedFunctionTensors.Track(run.saved.Append(run.y).Append(outY).Append(run.last).ToArray());
         ctx.save_data("softplus", softplus);
         ctx.save_data("tiled", run.tiled);
         ctx.save_data("dtypes", new[] { ((Tensor)vars[0]).dtype, ((Tensor)vars[1]).dtype, ((Tensor)vars[3]).dtype, ((Tensor)vars[4]).dtype, ((Tensor)vars[6]).dtype });
         ctx.set_materialize_grads(false);
-        var outY = run.y.to_type(((Tensor)vars[0]).dtype);
         return new List<Tensor> { outY, run.last };
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
     {
-        ReleaseReturned();
+        FusedFunctionTensors.Release();
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var s = ctx.get_saved_variables();
@@ -159,9 +148,7 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
             gB.to_type(dtypes[2]), gC.to_type(dtypes[3]),
             Present(gD, D)!, z.numel() == 0 ? null! : gz.to_type(dtypes[4]), Present(gbias, bias)!, null!, null!,
         };
-        foreach (var t in result)
-            if (t is not null) { t.MoveToOuterDisposeScope(); Returned.Enqueue(t); }
-        return result;
+        return FusedFunctionTensors.Keep(result, grads);
     }
 
     static void Check(int code)

@@ -1,11 +1,11 @@
 // GPU benchmark (issue 8, section 3): the selective scan (fused CUDA kernel, tensor-op path, sequential reference),
-// the SSD chunked scan, a mamba-130m-shaped training step and token decoding, with peak memory; prints Markdown
+// the SSD chunked scan, the causal depthwise conv1d + SiLU (fused kernel against cuDNN's convolution and a SiLU), a mamba-130m-shaped training step and token decoding, with peak memory; prints Markdown
 // tables naming the machine and writes every number to a JSON file. Timings: medians of repeated runs after
 // warm-ups, each bracketed by torch.cuda.synchronize() (wall time, host overhead included). For the fused scan also the
 // device time per run: CUDA events (libssm_cuda.so's timer) around the same number of runs enqueued back to back, so the
 // host's launch work overlaps the device's and the GPU never waits for it; the bandwidth columns use that time. The transformers peer runs from bench/GpuBench/peer.py on the
 // checkpoint and prompts this program writes (--ckpt), so both sides decode the same random weights from the same prompts.
-//   dotnet run -c Release --project bench/GpuBench -- --out gpu.json --ckpt /tmp/m130 [--sections doctor,scan,ssd,train,decode] [--quick]
+//   dotnet run -c Release --project bench/GpuBench -- --out gpu.json --ckpt /tmp/m130 [--sections doctor,scan,ssd,conv,train,decode] [--quick]
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -20,7 +20,7 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 string? outPath = null, ckptDir = null;
-var sections = new HashSet<string> { "doctor", "scan", "ssd", "train", "decode" };
+var sections = new HashSet<string> { "doctor", "scan", "ssd", "conv", "train", "decode" };
 bool quick = false;
 int reps = 10, decodeTokens = 128;
 long[] trainBatches = { 8, 1 };
@@ -39,7 +39,7 @@ try
             case "--decode-tokens": decodeTokens = int.Parse(Next(), CultureInfo.InvariantCulture); break;
             case "--train-batches": trainBatches = Next().Split(',').Select(long.Parse).ToArray(); break;
             case "-h" or "--help":
-                Console.WriteLine("usage: GpuBench [--out FILE.json] [--ckpt DIR] [--sections doctor,scan,ssd,train,decode] [--quick] [--reps N]\n" +
+                Console.WriteLine("usage: GpuBench [--out FILE.json] [--ckpt DIR] [--sections doctor,scan,ssd,conv,train,decode] [--quick] [--reps N]\n" +
                     "                [--decode-tokens N] [--train-batches 8,1]\n" +
                     "  --ckpt: write the decode model (Hugging Face layout) and prompts.json there, for peer.py\n" +
                     "  --quick: small shapes (a smoke test of every path)");
@@ -48,7 +48,7 @@ try
         }
     }
     if (reps < 1 || decodeTokens < 2 || trainBatches.Any(b => b < 1)) throw new FormatException("--reps, --decode-tokens (>= 2) and batches must be positive");
-    if (sections.Except(new[] { "doctor", "scan", "ssd", "train", "decode" }).FirstOrDefault() is string bad) throw new FormatException($"unknown section '{bad}'");
+    if (sections.Except(new[] { "doctor", "scan", "ssd", "conv", "train", "decode" }).FirstOrDefault() is string bad) throw new FormatException($"unknown section '{bad}'");
 }
 catch (Exception e) when (e is FormatException or OverflowException)
 {
@@ -229,6 +229,54 @@ MambaLMConfig Shape130m() => quick
     : new MambaLMConfig(50280, 768, 24, Mamba: new MambaConfig(768));
 
 // ------------------------------------------------------------------------------------------------ training step
+// ------------------------------------------------------------------------------------------------ causal conv1d + SiLU
+if (sections.Contains("conv"))
+{
+    long b = quick ? 2 : 8, c = quick ? 256 : 2048, k = 4;
+    var lengths = quick ? new long[] { 512 } : new long[] { 2048, 8192 };
+    Console.WriteLine($"## Causal depthwise conv1d + SiLU (b = {b}, c = {c}, k = {k}, bias; the Mamba block's convolution)");
+    Console.WriteLine();
+    Console.WriteLine("| l | dtype | pass | impl | median ms | device ms | x vs unfused | peak MiB |");
+    Console.WriteLine("|---:|---|---|---|---:|---:|---:|---:|");
+    foreach (var l in lengths)
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        {
+            torch.manual_seed(2);
+            using var conv = CausalConv.Create(c, k, bias: true);
+            conv.to(dev).to(dtype);
+            var x = torch.randn(new[] { b, c, l }, device: dev).to(dtype);
+            var gy = torch.randn(new[] { b, c, l }, device: dev).to(dtype);
+            foreach (var backward in new[] { false, true })
+            {
+                double? unfusedMs = null;
+                foreach (var fused in new[] { false, true })
+                {
+                    var m = Bench.Time(3, reps, () =>
+                    {
+                        var xl = x.detach().requires_grad_(backward);
+                        using var grad = torch.set_grad_enabled(backward);
+                        // Unfused: what the block ran before the kernel (cuDNN depthwise convolution over l + k - 1
+                        // padded outputs, slice, SiLU); fused: CausalConv.ForwardSilu, the kernel on CUDA.
+                        var y = fused ? CausalConv.ForwardSilu(conv, xl) : nn.functional.silu(CausalConv.Forward(conv, xl));
+                        if (backward) foreach (var gr in torch.autograd.grad(new[] { y }, new[] { xl, conv.weight!, conv.bias! }, new[] { gy })) gr.Dispose();
+                    }, deviceTime: true);
+                    if (!fused) unfusedMs = m.Ms;
+                    string pass = backward ? "fwd+bwd" : "fwd", impl = fused ? "fused CUDA" : "cuDNN conv + SiLU";
+                    Console.WriteLine($"| {l} | {Bench.Name(dtype)} | {pass} | {impl} | {Bench.F(m.Ms, m.Error)} | {Bench.F(m.GpuMs, m.Error)} | {(fused && unfusedMs is double u && m.Error is null ? (u / m.Ms).ToString("F1", CultureInfo.InvariantCulture) + "x" : "1x")} | {Bench.F(m.PeakMb, m.Error, "F0")} |");
+                    results.Add(new JsonObject
+                    {
+                        ["section"] = "conv", ["b"] = b, ["c"] = c, ["k"] = k, ["l"] = l, ["dtype"] = Bench.Name(dtype), ["pass"] = pass,
+                        ["impl"] = impl, ["ms"] = Bench.J(m.Ms), ["gpu_ms"] = Bench.J(m.GpuMs), ["ms_all"] = Bench.JArr(m.All), ["peak_mib"] = Bench.J(m.PeakMb), ["error"] = m.Error,
+                    });
+                    Save();
+                }
+            }
+            x.Dispose();
+            gy.Dispose();
+        }
+    Console.WriteLine();
+}
+
 if (sections.Contains("train"))
 {
     long l = quick ? 256 : 2048;
