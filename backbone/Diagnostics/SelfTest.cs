@@ -116,7 +116,8 @@ public static class SelfTest
             var inputs = new[] { R(g, 3, 5, 32), R(g, 32) };
             return (inputs, x => new[] { x[0] * torch.rsqrt(x[0].square().mean(new long[] { -1 }, keepdim: true) + 1e-5) * x[1] });
         });
-        Check("Mamba block (fwd+bwd, all parameters)", 2e-4, g => BlockCheck(g));
+        Check("Mamba block (fwd+bwd, all parameters)", 2e-4, g => BlockCheck(g, () => new Mamba(new MambaConfig(16, DState: 8))));
+        Check("Mamba-2 block (fwd+bwd, all parameters)", 2e-4, g => BlockCheck(g, () => new Mamba2(new Mamba2Config(16, DState: 8, HeadDim: 8, ChunkSize: 8))));
         Check("training step (AdamW, MambaLM)", 2e-4, g => TrainStepCheck(g));
         return results;
     }
@@ -243,14 +244,14 @@ public static class SelfTest
 
     // A Mamba mixer with the same random weights on both sides: its output, and the gradients of a fixed projection of
     // it with respect to the activation and to every parameter.
-    static (Tensor[], Func<Tensor[], Tensor[]>) BlockCheck(Generator g)
+    static (Tensor[], Func<Tensor[], Tensor[]>) BlockCheck(Generator g, Func<nn.Module<Tensor, Tensor>> make)
     {
         var x0 = torch.randn(new long[] { 2, 21, 16 }, ScalarType.Float64, generator: g);
         var w = torch.randn(new long[] { 2, 21, 16 }, ScalarType.Float64, generator: g);
         return (new[] { x0 }, x =>
         {
             torch.manual_seed(7);
-            var block = new Mamba(new MambaConfig(16, DState: 8));
+            var block = make();
             block.to(x[0].dtype).to(x[0].device);
             var y = block.forward(x[0]);
             var wrt = new List<Tensor> { x[0] };

@@ -17,10 +17,12 @@ internal sealed unsafe class CausalConvCudaKernel : torch.autograd.MultiTensorFu
     /// <summary>Whether libssm_cuda.so with the conv exports is loaded.</summary>
     public static bool Available => Lib.Value is not null;
 
-    /// <summary>Whether the fused kernel takes this input (CUDA, float32 or bfloat16, kernel width 1..8).</summary>
+    /// <summary>Whether the fused kernel takes this input (CUDA, float32 or bfloat16, kernel width 1..8, l below the
+    /// kernel's grid limit of 65,535 tiles of 2,048 steps).</summary>
     public static bool Takes(Tensor x, Tensor weight)
         => Available && x.device_type == DeviceType.CUDA && (x.dtype == ScalarType.Float32 || x.dtype == ScalarType.BFloat16)
-           && x.dim() == 3 && x.shape[2] > 0 && weight.device_type == DeviceType.CUDA && Lib.Value!.Fits((int)weight.shape[^1]) != 0;
+           && x.dim() == 3 && x.shape[2] > 0 && x.shape[2] <= 65535L * 2048 && x.shape[0] * x.shape[1] <= int.MaxValue
+           && weight.device_type == DeviceType.CUDA && Lib.Value!.Fits((int)weight.shape[^1]) != 0;
 
     /// <summary>silu(causal depthwise conv(x)): x (b c l), weight (c 1 k), bias (c) or null.</summary>
     public static Tensor Apply(Tensor x, Tensor weight, Tensor? bias)

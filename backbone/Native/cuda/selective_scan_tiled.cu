@@ -24,7 +24,7 @@
 // Measured on an H100 (b 8, d 2048, n 16, l 2048, float32, kernel alone): the first tiled version took 1.48 ms forward
 // and 9.66 forward+backward; with per-element work hoisted, one-instruction exp2 and eight threads per channel, 0.59 /
 // 3.41; with the cp.async staging, packed vector loads, shared-memory bias and D, branch-free per-element passes and
-// four threads per channel in the forward, 0.37 / 2.04 (bench/GpuBench/results/kernel-only.txt).
+// four threads per channel in the forward, 0.37 / 2.02 (bench/GpuBench/results/kernel-only.txt).
 // The expanded state (b, d, l, n) never reaches device memory. The backward walks the tiles in reverse: it reloads the
 // tile's entry state from ck, recomputes the TB states of the tile into shared memory, then runs the adjoint
 // recurrence backwards (dh_{t-1} = exp(Δ_t A) dh_t + C_{t-1} dy_{t-1}); the B and C gradients are summed over the
