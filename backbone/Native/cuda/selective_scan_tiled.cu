@@ -286,8 +286,11 @@ template <typename T, int SPT> struct BwdSmem
 
 // Gradients: gu, gdelta, gz (b d l) in T written; gA (d n), gB, gC (b g n l) float32, gD, gbias (d) float32 accumulated
 // atomically (zeroed by the caller). gy (b d l) in T, glast (b d n) float32 or null.
+// Register budget, measured on an H100 (b 8, d 2048, l 2048, n 16): float32 runs best uncapped at two blocks per SM
+// (122 registers, 1.52 ms; capped at 80 for three blocks it spilled and took 1.62); bfloat16, whose smaller staging lets
+// four blocks share an SM's shared memory, at 64 registers despite spilling (1.36 ms against 1.52).
 template <typename T, int SPT>
-__global__ void __launch_bounds__(THREADS, SPT == 2 ? 3 : 2) tiled_bwd(const T* __restrict__ u, const T* __restrict__ delta,
+__global__ void __launch_bounds__(THREADS, SPT == 2 && sizeof(T) == 2 ? 4 : 2) tiled_bwd(const T* __restrict__ u, const T* __restrict__ delta,
     const float* __restrict__ A, const T* __restrict__ Bm, const T* __restrict__ Cm, const float* __restrict__ D,
     const T* __restrict__ z, const float* __restrict__ bias, int softplus, const float* __restrict__ ck,
     const T* __restrict__ gy, const float* __restrict__ glast, T* __restrict__ gu, T* __restrict__ gdelta,
