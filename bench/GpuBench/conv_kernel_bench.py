@@ -3,7 +3,8 @@
 # bfloat16; max relative error of y, dL/dx, dL/dw, dL/dbias), then CUDA-event medians at b 8, c 2048, k 4 against
 # PyTorch's conv1d + slice + silu, with the forward's bandwidth floor (x read and y written once at 2.95 TB/s).
 #   python3 bench/GpuBench/conv_kernel_bench.py build/libssm_cuda.so      (results/conv-kernel.txt)
-import ctypes, sys, torch, statistics
+import ctypes, sys, torch
+from gpu_timing import median_ms
 L = ctypes.CDLL(sys.argv[1])
 def P(t): return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
 def ref(x, w, b, gy):
@@ -33,13 +34,7 @@ for (bb, c, l, k, bias) in [(2, 6, 2100, 4, True), (3, 5, 70, 3, False), (1, 4, 
         worst = max(worst, max(errs) / tol)
         print(f"b{bb} c{c} l{l} k{k} bias={bias} {str(dt)[6:]:>8}: " + " ".join(f"{e:.1e}" for e in errs) + ("  OK" if max(errs) < tol else "  FAIL"), flush=True)
 print("WORST (x tol):", worst)
-def T(fn, reps=20):
-    for _ in range(3): fn()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); fn(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+T = lambda fn: median_ms(fn, reps=20)
 bb, c, k = 8, 2048, 4
 for l in (2048, 8192):
     for dt in (torch.float32, torch.bfloat16):

@@ -3,7 +3,8 @@
 # b = 8, d = 2048, n = 16, l = 2048 and 8192, float32 and bfloat16; "fwd+ck" is the forward that also saves the
 # states the backward needs (what training runs), and "fwd+bwd" = fwd+ck + bwd.
 #   python3 bench/GpuBench/kernel_bench.py build/libssm_cuda.so [other/libssm_cuda.so ...]
-import ctypes, sys, torch, statistics
+import ctypes, sys, torch
+from gpu_timing import median_ms
 libs = sys.argv[1:]
 b, d, n = 8, 2048, 16
 def P(t): return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
@@ -27,12 +28,6 @@ for path in libs:
             gu = torch.empty_like(u); gd = torch.empty_like(u); gz = torch.empty_like(u)
             gA = torch.zeros(d, n, device="cuda"); gB = torch.zeros(b, 1, n, l, device="cuda"); gC = torch.zeros_like(gB); gD = torch.zeros(d, device="cuda"); gb = torch.zeros(d, device="cuda")
             bwd = lambda: L.ssm_scan_tiled_bwd(bf, P(u), P(de), P(A), P(Bm), P(Cm), P(D), P(z), P(bias), 1, P(ck), P(gy), P(gl), P(gu), P(gd), P(gA), P(gB), P(gC), P(gD), P(gz), P(gb), b, d, l, n, 1)
-            def time(fn, reps=15):
-                for _ in range(3): assert fn() == 0
-                ts = []
-                for _ in range(reps):
-                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    s.record(); fn(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e))
-                return statistics.median(ts)
-            tf = time(lambda: fwd(None)); tfc = time(lambda: fwd(ck)); tb = time(bwd)
+            for f in (lambda: fwd(None), lambda: fwd(ck), bwd): assert f() == 0
+            tf = median_ms(lambda: fwd(None)); tfc = median_ms(lambda: fwd(ck)); tb = median_ms(bwd)
             print(f"{path.split('/')[-1]:>14} l={l:5d} {str(dt)[6:]:>8}: fwd {tf:.3f} ms  fwd+ck {tfc:.3f}  bwd {tb:.3f}  fwd+bwd {tfc + tb:.3f}", flush=True)

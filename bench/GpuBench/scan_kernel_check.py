@@ -4,7 +4,8 @@
 # change was checked on the GPU before the C# side saw it.
 #   python3 bench/GpuBench/scan_kernel_check.py new/libssm_cuda.so other/libssm_cuda.so [new]
 # The second build takes B and C as (b, g, l, n), as the kernels before the cp.async rewrite did, unless "new" is given.
-import ctypes, sys, torch, statistics, math
+import ctypes, sys, torch
+from gpu_timing import median_ms
 NEW, OLD = ctypes.CDLL(sys.argv[1]), ctypes.CDLL(sys.argv[2])
 OLDL = not (len(sys.argv) > 3 and sys.argv[3] == "new")  # the second lib takes B, C as (b g l n)
 def P(t): return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
@@ -72,13 +73,7 @@ print("WORST (x tol):", worst)
 
 # timing at the bench shape
 b, d, n = 8, 2048, 16
-def T(fn, reps=15):
-    for _ in range(3): fn()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); fn(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+T = median_ms
 for l in (2048, 8192):
     for dt in (torch.float32, torch.bfloat16):
         gen = torch.Generator(device="cuda").manual_seed(0)
