@@ -36,7 +36,7 @@ public class AudioModelTests
     }
 
     /// <summary>A tiny model of each kind ("sashimi", "sashimi-mamba", "lstm"), seeded.</summary>
-    static AudioModel Tiny(string kind, int seed = 1)
+    internal static AudioModel Tiny(string kind, int seed = 1)
     {
         torch.manual_seed(seed);
         return kind switch

@@ -37,17 +37,7 @@ public sealed class Bf16TrainingTests : IDisposable
         return torch.tensor(x, new long[] { n, l });
     }
 
-    static AudioModel Tiny(string kind, int seed)
-    {
-        torch.manual_seed(seed);
-        return kind switch
-        {
-            "sashimi" => AudioModel.Create("sashimi", "tiny"),
-            "sashimi-mamba" => AudioModel.Create("sashimi", "tiny", overrides: [new("variant", "mamba")]),
-            "lstm" => AudioModel.Create("lstm", "tiny"),
-            _ => throw new ArgumentException(kind),
-        };
-    }
+    static AudioModel Tiny(string kind, int seed) => global::Audio.Tests.AudioModelTests.Tiny(kind, seed);
 
     [Theory]
     [InlineData("sashimi")]

@@ -130,18 +130,8 @@ public sealed class Bf16TrainingTests : IDisposable
     {
         var rng = new Random(8);
         string Seq(int n) => new(Enumerable.Range(0, n).Select(_ => "ACGT"[rng.Next(4)]).ToArray());
-        string dir = Path.Combine(_dir, "data"), human = Path.Combine(dir, "human");
-        Directory.CreateDirectory(human);
         string train = Seq(2000), valid = Seq(800);
-        File.WriteAllText(Path.Combine(human, "t.seq"), train);
-        File.WriteAllText(Path.Combine(human, "v.seq"), valid);
-        File.WriteAllText(Path.Combine(human, "human.json"), $$"""
-            {"name": "fake", "files": [
-              {"name": "chrT", "file": "t.seq", "split": "train", "length": {{train.Length}}},
-              {"name": "chrV", "file": "v.seq", "split": "valid", "length": {{valid.Length}}}],
-             "split_rule": "test data"}
-            """);
-        return dir;
+        return DnaCliTests.WriteHumanData(Path.Combine(_dir, "data"), train, valid);
     }
 
     [Fact]

@@ -374,11 +374,16 @@ public sealed class DnaCliTests : IDisposable
     /// <summary>A prepared-data folder as data/dna.sh writes it: human/human.json and raw .seq files.</summary>
     (string Dir, string Train, string Valid) FakeData()
     {
-        string dir = Path.Combine(_dir, "data");
-        string human = Path.Combine(dir, "human");
-        Directory.CreateDirectory(human);
         string train = RandomSeq(3000) + new string('N', 200) + RandomSeq(1000);
         string valid = RandomSeq(500) + "NNNNN" + RandomSeq(1500);
+        return (WriteHumanData(Path.Combine(_dir, "data"), train, valid), train, valid);
+    }
+
+    /// <summary>Writes dir/human/{t,v}.seq and human.json (one train and one valid chromosome); returns dir.</summary>
+    internal static string WriteHumanData(string dir, string train, string valid)
+    {
+        string human = Path.Combine(dir, "human");
+        Directory.CreateDirectory(human);
         File.WriteAllText(Path.Combine(human, "t.seq"), train);
         File.WriteAllText(Path.Combine(human, "v.seq"), valid);
         File.WriteAllText(Path.Combine(human, "human.json"), $$"""
@@ -387,7 +392,7 @@ public sealed class DnaCliTests : IDisposable
               {"name": "chrV", "file": "v.seq", "split": "valid", "length": {{valid.Length}}}],
              "split_rule": "test data"}
             """);
-        return (dir, train, valid);
+        return dir;
     }
 
     /// <summary>The validation windows the CLI draws, read back through the library's own types.</summary>

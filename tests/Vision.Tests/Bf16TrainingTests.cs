@@ -26,21 +26,7 @@ public sealed class Bf16TrainingTests : IDisposable
     static readonly string[] Classes = ["a", "b", "c", "d"];
 
     /// <summary>n random 8x8 grey images, the label a function of where a bright patch is.</summary>
-    static ImageDataset Patches(int n, int seed)
-    {
-        const int w = 8;
-        var rng = new Random(seed);
-        var px = new byte[n * w * w];
-        var labels = new int[n];
-        for (int i = 0; i < n; i++)
-        {
-            labels[i] = rng.Next(Classes.Length);
-            for (int k = 0; k < w * w; k++) px[i * w * w + k] = (byte)rng.Next(60);
-            int qy = labels[i] / 2 * 4, qx = labels[i] % 2 * 4;
-            for (int y = 1; y < 3; y++) for (int x = 1; x < 3; x++) px[i * w * w + (qy + y) * w + qx + x] = (byte)(180 + rng.Next(70));
-        }
-        return new ImageDataset("patches", px, labels, 1, w, w);
-    }
+    static ImageDataset Patches(int n, int seed) => ClassificationTests.Synthetic(n, 8, seed, Classes.Length);
 
     static readonly Dictionary<string, KeyValuePair<string, string>[]> TinyConfigs = new()
     {

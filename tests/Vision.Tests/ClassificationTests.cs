@@ -18,7 +18,7 @@ public sealed class ClassificationTests : IDisposable
     static readonly string[] Classes = ["a", "b", "c", "d"];
 
     /// <summary>n random w x w grey images whose label is a function of where their bright patch is (learnable).</summary>
-    static ImageDataset Synthetic(int n, int w, int seed, int classes = 4)
+    internal static ImageDataset Synthetic(int n, int w, int seed, int classes = 4)
     {
         var rng = new Random(seed);
         var px = new byte[n * w * w];
