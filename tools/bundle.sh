@@ -49,7 +49,7 @@ cp "$d/dotnet" "$b/dotnet/"
 cp -r "$d/host/fxr/$fxr" "$b/dotnet/host/fxr/"
 cp -r "$d/shared/Microsoft.NETCore.App/$rt" "$b/dotnet/shared/Microsoft.NETCore.App/"
 rm -f "$b/dotnet/shared/Microsoft.NETCore.App/$rt"/libmscordaccore.so "$b/dotnet/shared/Microsoft.NETCore.App/$rt"/libmscordbi.so  # debugger support only
-cp "$root"/backbone/Native/cuda/*.cu "$root"/backbone/Native/cuda/build.sh "$b/cuda/"
+cp "$root"/backbone/Native/cuda/*.cu "$root"/backbone/Native/cuda/*.cuh "$root"/backbone/Native/cuda/build.sh "$b/cuda/"
 cp "$root"/backbone/Native/torchstats/*.cpp "$b/torchstats/"
 
 cat > "$b/bin/.launch" <<'RUN'

@@ -43,7 +43,6 @@ internal sealed unsafe class CausalConvCudaKernel : torch.autograd.MultiTensorFu
 
     static (Tensor y, Tensor x, Tensor w, Tensor bias) Run(Tensor x0, Tensor weight, Tensor bias0)
     {
-        FusedFunctionTensors.Release();
         var x = x0.contiguous();
         int b = (int)x.shape[0], c = (int)x.shape[1], l = (int)x.shape[2], k = (int)weight.shape[^1];
         var w = weight.detach().reshape(c, k).to_type(ScalarType.Float32).contiguous();
@@ -55,11 +54,13 @@ internal sealed unsafe class CausalConvCudaKernel : torch.autograd.MultiTensorFu
 
     public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
     {
+        FusedFunctionTensors.Release();
         using var noGrad = torch.no_grad();
         Tensor weight = (Tensor)vars[1], bias = (Tensor)vars[2];
         var run = Run((Tensor)vars[0], weight, bias);
         ctx.save_for_backward(new List<Tensor> { run.x, run.w, run.bias });
-        FusedFunctionTensors.Track(run.x, run.w, run.bias, run.y);
+        FusedFunctionTensors.Track(run.x, run.w, run.y);
+        if (!ReferenceEquals(run.bias, bias)) FusedFunctionTensors.Track(run.bias);   // an absent bias is the caller's own empty tensor
         ctx.save_data("weight", (weight.shape, weight.dtype));
         ctx.save_data("bias", bias.dtype);
         ctx.set_materialize_grads(false);

@@ -8,6 +8,7 @@
 // dL/dbias = sum_t g[t]; the weight and bias sums are reduced per block and added once per block.
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include "device_math.cuh"
 
 namespace {
 
@@ -17,11 +18,9 @@ constexpr int TILE = CT * EPT;   // steps per block
 constexpr int KMAX = 8;          // largest kernel width (mamba_ssm's causal_conv1d takes 2..4)
 constexpr unsigned ALL = 0xffffffffu;
 
-__device__ __forceinline__ float tof(float v) { return v; }
-__device__ __forceinline__ float tof(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ float sigmoid_f(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
+using ssm::tof;
+using ssm::st;
+using ssm::sigmoid_f;
 
 // Rows x[row, t0 - (KMAX - 1) + j] for j < n into s (zero outside [0, l)): consecutive threads, consecutive steps.
 template <typename T>

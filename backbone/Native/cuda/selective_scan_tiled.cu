@@ -33,6 +33,7 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include "device_math.cuh"
 
 namespace {
 
@@ -45,10 +46,9 @@ constexpr int NMAX = 32;        // largest n of this path
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr unsigned ALL = 0xffffffffu;
 
-__device__ __forceinline__ float tof(float v) { return v; }
-__device__ __forceinline__ float tof(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+using ssm::tof;
+using ssm::st;
+using ssm::sigmoid_f;
 // 2^x in one MUFU.EX2 instruction (~2 ulp; exp2f without fast math adds range handling around it).
 __device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 // softplus and its derivative from one exponential: e = exp(x), softplus = log1p(e), sigmoid = e / (1 + e); x > 20
@@ -59,8 +59,6 @@ __device__ __forceinline__ float2 softplus_sig(float x)
     float e = __expf(fminf(x, 20.f));
     return x > 20.f ? make_float2(x, 1.f) : make_float2(log1pf(e), __fdividef(e, 1.f + e));
 }
-// __fdividef: MUFU.RCP and a multiply (2 ulp); 1.f / x would add the IEEE-rounding fix-up path per element.
-__device__ __forceinline__ float sigmoid_f(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
 
 // 16 bytes global -> shared without passing through registers (sm_80+); completes at cp_wait_all.
 __device__ __forceinline__ void cp16(void* dst, const void* src)
