@@ -7,7 +7,8 @@
 // Why this shape of kernel. The scan reads u, Δ, z and writes y once per (channel, step); B_t and C_t are shared by
 // the channels of a group; the arithmetic is dominated by the n exponentials exp(Δ_t A) per (channel, step), and the
 // only serial dependency is each state's own recurrence. So:
-//   - a block owns 32 channels of one sequence and walks time in tiles. A tile's raw inputs (rows of u, Δ, z, B, C,
+//   - a block owns 64 channels of one sequence in the forward (32 where a group has fewer, and in the backward) and
+//     walks time in tiles. A tile's raw inputs (rows of u, Δ, z, B, C,
 //     contiguous in memory) are copied into a shared staging area by cp.async while the previous tile is scanned, so
 //     the global loads' latency hides behind the arithmetic without holding registers; a short pass then does the
 //     per-element work once (Δ = softplus(Δ + bias), Δ u, D u, silu(z); Δ = 0 past l, which leaves the state
@@ -24,7 +25,15 @@
 // Measured on an H100 (b 8, d 2048, n 16, l 2048, float32, kernel alone): the first tiled version took 1.48 ms forward
 // and 9.66 forward+backward; with per-element work hoisted, one-instruction exp2 and eight threads per channel, 0.59 /
 // 3.41; with the cp.async staging, packed vector loads, shared-memory bias and D, branch-free per-element passes and
-// four threads per channel in the forward, 0.37 / 2.02 (bench/GpuBench/results/kernel-only.txt).
+// four threads per channel in the forward, 0.37 / 2.02; with the forward's per-element pass on step pairs (paired
+// loads, 16-byte stores, bias and D in registers), 16-byte output stores, 64 channels per block, a lane order that
+// makes a quarter-warp's B, C loads one address, and for bfloat16 one MUFU instruction per activation, 0.31 / 1.87
+// (bfloat16 forward 0.36 -> 0.28; bench/GpuBench/results/kernel-only.txt).
+// What bounds the bfloat16 forward (ncu at l = 2048): no single unit. Shared memory is 65% busy (every thread reads
+// B_t, C_t for its states and (Δ_t, Δ_t u_t) for its channel each step), the MUFU pipe 54% (the n exponentials per
+// (channel, step) alone are 0.13 ms of it at this shape), issue slots 60%, with 1.2 eligible warps per scheduler of
+// the 3.9 that the registers allow. Giving a thread two channels, which halves the B, C reads, halves the warps, and
+// that version was latency-bound and slower (measured in launch_fwd).
 // The expanded state (b, d, l, n) never reaches device memory. The backward walks the tiles in reverse: it reloads the
 // tile's entry state from ck, recomputes the TB states of the tile into shared memory, then runs the adjoint
 // recurrence backwards (dh_{t-1} = exp(Δ_t A) dh_t + C_{t-1} dy_{t-1}); the B and C gradients are summed over the
@@ -33,6 +42,7 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include <type_traits>
 #include "device_math.cuh"
 
 namespace {
@@ -98,9 +108,11 @@ __device__ __forceinline__ void stage_rows(T* dst, const T* src, int l, int rows
 }
 
 // v[0..W-1] hold a thread's values for W steps; afterwards v[0] holds, on the lane with sub == q, the sum over the
-// channel's W lanes (the low log2 W lane bits) of step q's values: log2 W rounds, each halving the values a lane keeps
-// (W - 1 shuffles in all, where a plain reduction per step would take W log2 W).
-template <int W>
+// channel's W lanes of step q's values: log2 W rounds, each halving the values a lane keeps (W - 1 shuffles in all,
+// where a plain reduction per step would take W log2 W). The channel's lanes are L apart (sub = lane / L): L = 1, its
+// lanes adjacent (the backward); L = 32 / W, one lane per channel in each group of L (the forward, whose step loads of
+// B and C are then the same address within a quarter-warp).
+template <int W, int L = 1>
 __device__ __forceinline__ float reduce_scatter(float* v, int sub)
 {
 #pragma unroll
@@ -108,7 +120,7 @@ __device__ __forceinline__ float reduce_scatter(float* v, int sub)
     {
         bool hi = sub & m;
 #pragma unroll
-        for (int i = 0; i < m; i++) { float s = hi ? v[i] : v[i + m], k = hi ? v[i + m] : v[i]; v[i] = k + __shfl_xor_sync(ALL, s, m); }
+        for (int i = 0; i < m; i++) { float s = hi ? v[i] : v[i + m], k = hi ? v[i + m] : v[i]; v[i] = k + __shfl_xor_sync(ALL, s, m * L); }
     }
     return v[0];
 }
@@ -146,6 +158,16 @@ __device__ __forceinline__ void pack_bc(float (*bc)[FT][2 * SPT], const T (*rB)[
     }
 }
 
+// Four float32 or eight bfloat16 values to 16-byte-aligned global memory in one store.
+__device__ __forceinline__ void store16(float* p, const float* v) { *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]); }
+__device__ __forceinline__ void store16(__nv_bfloat16* p, const float* v)
+{
+    unsigned w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) { __nv_bfloat162 h2 = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]); w[i] = *reinterpret_cast<unsigned*>(&h2); }
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // A step's packed [B.., C..] slice of a lane: one 16-byte load for SPT = 2, two for SPT = 4.
 template <int SPT>
 __device__ __forceinline__ void get_bc(const float* p, float* o)
@@ -158,42 +180,99 @@ __device__ __forceinline__ void get_bc(const float* p, float* o)
     }
 }
 
-// The forward's layout: FT threads per channel (4 for n <= 16: four states per thread, so a step's loads, sums and
-// shuffles are shared by four exponentials; 8 for n <= 32), 32 channels per block.
-template <typename T, int SPT, int FT> struct FwdSmem
+// ---- Forward ----
+// The forward's layout (measured choices in launch_fwd): FT threads per channel, each holding SPT consecutive states,
+// CHF channels per block. Per tile it runs three phases between barriers: a per-element pass (two steps per thread:
+// paired loads and 16-byte stores), the scan (FT steps per reduce-scatter, a step's Δ pair in one load), and a
+// 16-byte-store output pass.
+// bfloat16 activations only carry 8 significant bits, so their per-element activations use one MUFU instruction each
+// (a polynomial finishes log1p and 1/(1+t) to 2^-19.6 and 2^-14.3 relative): the special-function pipe is the
+// kernel's floor (one exponential per state and step), and every other MUFU instruction adds to it. float32 keeps the
+// library forms (log1pf, exp and reciprocal), whose numerics match mamba_ssm's.
+
+// Two consecutive elements as floats (the address is 2-element aligned).
+__device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 ld2(const __nv_bfloat16* p)
+{
+    unsigned w = *reinterpret_cast<const unsigned*>(p);       // little-endian: the first element in the low half
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+
+// softplus(x) = max(x, 0) + log1p(t), t = exp(-|x|) in (0, 1]; log1p(t) = t P(t) with P a degree-6 fit of log1p(t) / t
+// on [0, 1] (relative error 1.3e-6), so small Δ keep their relative precision. Branch-free; large x gives x + t P(t) = x.
+__device__ __forceinline__ float softplus_poly(float x)
+{
+    float t = ex2(-fabsf(x) * LOG2E);
+    float p = 1.414082830e-02f;
+    p = fmaf(p, t, -6.640121107e-02f); p = fmaf(p, t, 1.492232089e-01f); p = fmaf(p, t, -2.350382562e-01f);
+    p = fmaf(p, t, 3.310944076e-01f); p = fmaf(p, t, -4.998696493e-01f); p = fmaf(p, t, 9.999987314e-01f);
+    return fmaf(t, p, fmaxf(x, 0.f));
+}
+// silu(z) = z sigmoid(z): with t = exp(-|z|), sigmoid(|z|) = 1 / (1 + t) (a degree-5 fit on [0, 1], relative error
+// 5.1e-5) and sigmoid(-|z|) = t / (1 + t).
+__device__ __forceinline__ float silu_poly(float z)
+{
+    float t = ex2(-fabsf(z) * LOG2E);
+    float r = -1.044827588e-01f;
+    r = fmaf(r, t, 4.179335200e-01f); r = fmaf(r, t, -7.705690454e-01f); r = fmaf(r, t, 9.534193130e-01f);
+    r = fmaf(r, t, -9.962755131e-01f); r = fmaf(r, t, 9.999489782e-01f);
+    return z * (z >= 0.f ? r : t * r);
+}
+template <typename T> __device__ __forceinline__ float softplus_fwd(float x) { return softplus_f(x); }
+template <typename T> __device__ __forceinline__ float silu_fwd(float z) { return z * sigmoid_f(z); }
+template <> __device__ __forceinline__ float softplus_fwd<__nv_bfloat16>(float x) { return softplus_poly(x); }
+template <> __device__ __forceinline__ float silu_fwd<__nv_bfloat16>(float z) { return silu_poly(z); }
+
+template <typename T, int SPT, int FT, int CHF> struct FwdSmem
 {
     static constexpr int RB = FT * SPT, PADT = TF + 16 / (int)sizeof(T);
-    T ru[CH][TF], rd[CH][TF], rz[CH][TF];          // staging: the next tile's raw u, Δ, z rows
-    T rB[RB][PADT], rC[RB][PADT];                  // staging: its B, C rows
-    float bias[CH], D[CH];
-    float2 dd[CH][TF + 1];                         // (Δ, Δ u) per (channel, step); +1: the channels of a warp hit different banks
-    float2 pg[CH][TF + 1];                         // (D u, silu(z)) per (channel, step)
-    float sy[CH][TF + 1];                          // y per (channel, step)
-    __align__(16) float bc[TF][FT][2 * SPT];
+    T ru[CHF][TF], rd[CHF][TF], rz[CHF][TF];           // staging: the next tile's raw u, Δ, z rows
+    T rB[RB][PADT], rC[RB][PADT];                      // staging: its B, C rows
+    __align__(16) float2 dd[CHF][TF + 2];              // (Δ, Δ u) per (channel, step); 16-byte rows for the paired stores
+    __align__(16) float2 pg[CHF][TF + 2];              // (D u, silu(z)) per (channel, step)
+    __align__(16) float sy[CHF][TF + 4];               // y per (channel, step)
+    __align__(16) float bc[TF][FT][2 * SPT];           // B, C per (step, lane of the channel): see pack_bc
 };
 
-template <typename T, int SPT, int FT>
-__global__ void __launch_bounds__(CH * FT, FT == 4 ? 4 : 3) tiled_fwd(const T* __restrict__ u,
+template <typename T, int SPT, int FT, int CHF>
+__global__ void __launch_bounds__(CHF * FT, (FT >= 4 ? 512 : 256) / (CHF * FT) > 0 ? (FT >= 4 ? 512 : 256) / (CHF * FT) : 1)
+tiled_fwd(const T* __restrict__ u,
     const T* __restrict__ delta, const float* __restrict__ A, const T* __restrict__ Bm, const T* __restrict__ Cm,
     const float* __restrict__ D, const T* __restrict__ z, const float* __restrict__ bias, int softplus,
     T* __restrict__ y, float* __restrict__ last, float* __restrict__ ck, int b, int d, int l, int n, int g, int vec)
 {
-    constexpr int NT = CH * FT;
-    using M = FwdSmem<T, SPT, FT>;
+    constexpr int NT = CHF * FT;
+    constexpr int HT = TF / 2;                    // step pairs per row of a tile
+    constexpr int CSTEP = NT / HT;                // the per-element pass: thread -> (channel tid / HT + e CSTEP, pair tid % HT)
+    constexpr int PP = CHF / CSTEP;               // pairs per thread
+    constexpr int QN = SPT / 4, ITEMS = FT * QN * HT;   // pack items: (lane of the channel, quad of its states, step pair)
+    constexpr int V = 16 / sizeof(T), CHUNKS = CHF * TF / V;   // output pass: 16-byte chunks
+    static_assert(NT % HT == 0 && CHF % CSTEP == 0 && SPT % 4 == 0, "tile shapes");
+    using M = FwdSmem<T, SPT, FT, CHF>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     auto& S = *reinterpret_cast<M*>(smem_raw);
-    constexpr int PER = CH * TF / NT;             // elements per thread in the per-element passes (channel warp + e NT / 32, step lane)
-    int tilesPerSeq = d / CH;
-    int bi = blockIdx.x / tilesPerSeq, c0 = (blockIdx.x % tilesPerSeq) * CH;
-    int tid = threadIdx.x, ch = tid / FT, sub = tid % FT, di = c0 + ch, j0 = sub * SPT, lane = tid & 31, warp = tid >> 5;
+    int tilesPerSeq = d / CHF;
+    int bi = blockIdx.x / tilesPerSeq, c0 = (blockIdx.x % tilesPerSeq) * CHF;
+    // A warp holds CW = 32 / FT channels, lane = sub CW + channel: the lanes of a quarter-warp read the same B, C slice
+    // each step. An H100 serves a 16-byte shared load in 2 wavefronts when each quarter-warp reads one address, in 4
+    // when the quarter-warp's lanes read 4 addresses, as lane = channel FT + sub had it (measured with ncu).
+    constexpr int CW = 32 / FT;
+    int tid = threadIdx.x, lane = tid & 31, ch = (tid >> 5) * CW + lane % CW, sub = lane / CW, di = c0 + ch, j0 = sub * SPT;
+    int pc = tid / HT, pt = (tid % HT) * 2;
     int gi = c0 / (d / g);
     long row0 = (long)bi * d + c0;
     const T* Bp = Bm + ((long)bi * g + gi) * (long)n * l;
     const T* Cp = Cm + ((long)bi * g + gi) * (long)n * l;
-    float a[SPT], h[SPT];
+    float a[SPT], h[SPT], rbias[PP], rD[PP];
 #pragma unroll
     for (int k = 0; k < SPT; k++) { a[k] = j0 + k < n ? A[(long)di * n + j0 + k] * LOG2E : 0.f; h[k] = 0.f; }
-    if (tid < CH) { S.bias[tid] = bias ? bias[c0 + tid] : 0.f; S.D[tid] = D ? D[c0 + tid] : 0.f; }
+#pragma unroll
+    for (int e = 0; e < PP; e++)
+    {
+        int c = c0 + pc + e * CSTEP;
+        rbias[e] = bias ? bias[c] : 0.f;
+        rD[e] = D ? D[c] : 0.f;
+    }
     int nck = (l + TB - 1) / TB;
     float* ckp = ck ? ck + (row0 + ch) * (long)nck * n : nullptr;
     const T* u0 = u + row0 * l;
@@ -203,12 +282,61 @@ __global__ void __launch_bounds__(CH * FT, FT == 4 ? 4 : 3) tiled_fwd(const T* _
     auto stage = [&](int t0)
     {
         int lt = min(TF, l - t0);
-        stage_rows<T, TF, CH, TF, NT>(&S.ru[0][0], u0 + t0, l, CH, lt, vec);
-        stage_rows<T, TF, CH, TF, NT>(&S.rd[0][0], d0 + t0, l, CH, lt, vec);
-        if (z) stage_rows<T, TF, CH, TF, NT>(&S.rz[0][0], z0 + t0, l, CH, lt, vec);
+        stage_rows<T, TF, CHF, TF, NT>(&S.ru[0][0], u0 + t0, l, CHF, lt, vec);
+        stage_rows<T, TF, CHF, TF, NT>(&S.rd[0][0], d0 + t0, l, CHF, lt, vec);
+        if (z) stage_rows<T, TF, CHF, TF, NT>(&S.rz[0][0], z0 + t0, l, CHF, lt, vec);
         stage_rows<T, TF, M::RB, M::PADT, NT>(&S.rB[0][0], Bp + t0, l, n, lt, vec);
         stage_rows<T, TF, M::RB, M::PADT, NT>(&S.rC[0][0], Cp + t0, l, n, lt, vec);
         cp_commit();
+    };
+    // The per-element work of a staged tile, and the packing of its B, C. FULL (every tile but a short last one):
+    // no step masks. Past lt the staging holds stale values, which the selects drop (Δ = Δu = 0 and B = C = 0 leave
+    // the state unchanged, and those steps' y is never stored).
+    auto prep = [&](auto full, int lt)
+    {
+        constexpr bool FULL = decltype(full)::value;
+#pragma unroll
+        for (int e = 0; e < PP; e++)
+        {
+            int c = pc + e * CSTEP, t = pt;
+            float2 uu = ld2(&S.ru[c][t]), dr = ld2(&S.rd[c][t]);
+            float dx = dr.x + rbias[e], dy = dr.y + rbias[e], gx = 1.f, gy = 1.f;
+            if (softplus) { dx = softplus_fwd<T>(dx); dy = softplus_fwd<T>(dy); }
+            if (z) { float2 zz = ld2(&S.rz[c][t]); gx = silu_fwd<T>(zz.x); gy = silu_fwd<T>(zz.y); }
+            if (!FULL)
+            {
+                bool ox = t < lt, oy = t + 1 < lt;
+                uu.x = ox ? uu.x : 0.f; dx = ox ? dx : 0.f;
+                uu.y = oy ? uu.y : 0.f; dy = oy ? dy : 0.f;
+            }
+            *reinterpret_cast<float4*>(&S.dd[c][t]) = make_float4(dx, dx * uu.x, dy, dy * uu.y);
+            *reinterpret_cast<float4*>(&S.pg[c][t]) = make_float4(rD[e] * uu.x, gx, rD[e] * uu.y, gy);
+        }
+        // bc[t][f] = [B_j .. B_j+SPT-1, C_j .. C_j+SPT-1] (j = f SPT) at step t: a step's slice of a lane is read in
+        // SPT / 2 16-byte loads. An item moves a quad of rows over two steps (8 paired loads, 4 16-byte stores);
+        // consecutive threads take the quads of one step pair (with step pairs consecutive, the stores of a quarter-warp
+        // hit the same banks, 8-way; this way 2-way, and the loads 2-way). Rows past n were never staged: zeroed.
+#pragma unroll
+        for (int e = 0; e < (ITEMS + NT - 1) / NT; e++)
+        {
+            int i = tid + e * NT;
+            if (ITEMS % NT != 0 && i >= ITEMS) break;
+            int t = (i / (FT * QN)) * 2, fq = i % (FT * QN), f = fq / QN, jb = f * SPT + (fq % QN) * 4;
+            float b0[4], b1[4], c0v[4], c1v[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+            {
+                float2 bv = ld2(&S.rB[jb + r][t]), cv = ld2(&S.rC[jb + r][t]);
+                bool on = jb + r < n, ox = on && (FULL || t < lt), oy = on && (FULL || t + 1 < lt);
+                b0[r] = ox ? bv.x : 0.f; c0v[r] = ox ? cv.x : 0.f;
+                b1[r] = oy ? bv.y : 0.f; c1v[r] = oy ? cv.y : 0.f;
+            }
+            int q4 = (fq % QN) * 4;
+            *reinterpret_cast<float4*>(&S.bc[t][f][q4]) = make_float4(b0[0], b0[1], b0[2], b0[3]);
+            *reinterpret_cast<float4*>(&S.bc[t][f][SPT + q4]) = make_float4(c0v[0], c0v[1], c0v[2], c0v[3]);
+            *reinterpret_cast<float4*>(&S.bc[t + 1][f][q4]) = make_float4(b1[0], b1[1], b1[2], b1[3]);
+            *reinterpret_cast<float4*>(&S.bc[t + 1][f][SPT + q4]) = make_float4(c1v[0], c1v[1], c1v[2], c1v[3]);
+        }
     };
     stage(0);
     for (int t0 = 0; t0 < l; t0 += TF)
@@ -216,24 +344,10 @@ __global__ void __launch_bounds__(CH * FT, FT == 4 ? 4 : 3) tiled_fwd(const T* _
         int lt = min(TF, l - t0);
         cp_wait_all();
         __syncthreads();                           // the staging holds tile t0; the previous tile's outputs are stored
-#pragma unroll
-        for (int e = 0; e < PER; e++)
-        {
-            // Branch-free: past lt the staging holds stale values, which the selects drop.
-            int c = warp + e * (NT / TF), t = lane;
-            bool ok = t < lt;
-            float uu = tof(S.ru[c][t]), dt = tof(S.rd[c][t]) + S.bias[c], gate = 1.f;
-            if (softplus) dt = softplus_f(dt);
-            if (z) { float zz = tof(S.rz[c][t]); gate = zz * sigmoid_f(zz); }
-            uu = ok ? uu : 0.f;
-            dt = ok ? dt : 0.f;
-            S.dd[c][t] = make_float2(dt, dt * uu);
-            S.pg[c][t] = make_float2(S.D[c] * uu, gate);
-        }
-        pack_bc<T, TF, FT, SPT, M::PADT, NT>(S.bc, S.rB, S.rC, n, lt);
+        if (lt == TF) prep(std::true_type{}, lt); else prep(std::false_type{}, lt);
         __syncthreads();                           // the staging is free: fetch the next tile behind this one's scan
         if (t0 + TF < l) stage(t0 + TF);
-#pragma unroll 1
+#pragma unroll 2
         for (int tg = 0; tg < TF; tg += FT)
         {
             if (ckp && tg % TB == 0 && t0 + tg < l)
@@ -241,28 +355,54 @@ __global__ void __launch_bounds__(CH * FT, FT == 4 ? 4 : 3) tiled_fwd(const T* _
 #pragma unroll
                 for (int k = 0; k < SPT; k++) if (j0 + k < n) ckp[(long)((t0 + tg) / TB) * n + j0 + k] = h[k];
             }
+            float q[2 * FT];                       // (Δ, Δu) of the FT steps, 16 bytes per two steps
+#pragma unroll
+            for (int s = 0; s < FT; s += 2)
+            {
+                float4 v = *reinterpret_cast<const float4*>(&S.dd[ch][tg + s]);
+                q[2 * s] = v.x; q[2 * s + 1] = v.y; q[2 * s + 2] = v.z; q[2 * s + 3] = v.w;
+            }
             float part[FT];
 #pragma unroll
             for (int s = 0; s < FT; s++)
             {
-                int t = tg + s;
-                float2 q = S.dd[ch][t];
                 float bcv[2 * SPT], acc = 0.f;
-                get_bc<SPT>(&S.bc[t][sub][0], bcv);
+                get_bc<SPT>(&S.bc[tg + s][sub][0], bcv);
 #pragma unroll
-                for (int k = 0; k < SPT; k++) { h[k] = fmaf(ex2(q.x * a[k]), h[k], q.y * bcv[k]); acc = fmaf(bcv[SPT + k], h[k], acc); }
+                for (int k = 0; k < SPT; k++)
+                {
+                    h[k] = fmaf(ex2(q[2 * s] * a[k]), h[k], q[2 * s + 1] * bcv[k]);
+                    acc = fmaf(bcv[SPT + k], h[k], acc);
+                }
                 part[s] = acc;
             }
-            float sum = reduce_scatter<FT>(part, sub);
+            float sum = reduce_scatter<FT, CW>(part, sub);
             float2 p = S.pg[ch][tg + sub];
             S.sy[ch][tg + sub] = (sum + p.x) * p.y;
         }
         __syncthreads();
 #pragma unroll
-        for (int e = 0; e < PER; e++)
+        for (int e = 0; e < (CHUNKS + NT - 1) / NT; e++)
         {
-            int c = warp + e * (NT / TF), t = lane;
-            if (t < lt) st(y0 + (long)c * l + t0 + t, S.sy[c][t]);
+            int i = tid + e * NT, c = i / (TF / V), t = (i % (TF / V)) * V;
+            if (CHUNKS % NT != 0 && i >= CHUNKS) break;
+            T* dst = y0 + (long)c * l + t0 + t;
+            if (vec && lt == TF)
+            {
+                float v[V];
+#pragma unroll
+                for (int k = 0; k < V; k += 4)
+                {
+                    float4 w = *reinterpret_cast<const float4*>(&S.sy[c][t + k]);
+                    v[k] = w.x; v[k + 1] = w.y; v[k + 2] = w.z; v[k + 3] = w.w;
+                }
+                store16(dst, v);
+            }
+            else
+            {
+#pragma unroll
+                for (int k = 0; k < V; k++) if (t + k < lt) st(dst + k, S.sy[c][t + k]);
+            }
         }
     }
 #pragma unroll
@@ -477,13 +617,13 @@ size_t smem_for(K kernel, size_t bytes)
     return bytes;
 }
 
-template <typename T, int SPT, int FT>
+template <typename T, int SPT, int FT, int CHF>
 int launch_fwd_t(const void* u, const void* delta, const float* A, const void* B, const void* C, const float* D,
     const void* z, const float* bias, int softplus, void* y, float* last, float* ck, int b, int d, int l, int n, int g)
 {
-    static size_t smem = smem_for(tiled_fwd<T, SPT, FT>, sizeof(FwdSmem<T, SPT, FT>));
-    int vec = l % 8 == 0 && aligned16(u) && aligned16(delta) && aligned16(B) && aligned16(C) && (!z || aligned16(z));
-    tiled_fwd<T, SPT, FT><<<b * (d / CH), CH * FT, smem, 0>>>((const T*)u, (const T*)delta, A, (const T*)B, (const T*)C, D,
+    static size_t smem = smem_for(tiled_fwd<T, SPT, FT, CHF>, sizeof(FwdSmem<T, SPT, FT, CHF>));
+    int vec = l % 8 == 0 && aligned16(u) && aligned16(delta) && aligned16(B) && aligned16(C) && (!z || aligned16(z)) && aligned16(y);
+    tiled_fwd<T, SPT, FT, CHF><<<b * (d / CHF), CHF * FT, smem, 0>>>((const T*)u, (const T*)delta, A, (const T*)B, (const T*)C, D,
         (const T*)z, bias, softplus, (T*)y, last, ck, b, d, l, n, g, vec);
     return (int)cudaGetLastError();
 }
@@ -504,10 +644,15 @@ template <typename T>
 int launch_fwd(const void* u, const void* delta, const float* A, const void* B, const void* C, const float* D,
     const void* z, const float* bias, int softplus, void* y, float* last, float* ck, int b, int d, int l, int n, int g)
 {
-    // n <= 16 (every Mamba-1 model): four threads per channel measured 8% faster than eight (0.367 against 0.401 ms,
-    // float32, b 8 d 2048 l 2048 on an H100); a thread's four states share its step's loads and sums.
-    return n <= 16 ? launch_fwd_t<T, 4, 4>(u, delta, A, B, C, D, z, bias, softplus, y, last, ck, b, d, l, n, g)
-                   : launch_fwd_t<T, 4, 8>(u, delta, A, B, C, D, z, bias, softplus, y, last, ck, b, d, l, n, g);
+    // n <= 16 (every Mamba-1 model): four threads of four states per channel, 64 channels per block where the group
+    // allows. Measured at b 8, d 2048, l 2048 on an H100 with the earlier lane order (device ms, float32 / bfloat16),
+    // against this layout's 0.327 / 0.300: 32 channels per block 0.336 / 0.301; two threads of eight states 0.356 /
+    // 0.309 (half the warps: latency-bound); two channels per thread, which halves the shared-memory reads of B and C,
+    // 0.394 / 0.331 (also half the warps); four channels per thread 0.596 / 0.503. bench/GpuBench/results/
+    // fwd-layout-sweep.txt has the sweep.
+    if (n > 16) return launch_fwd_t<T, 4, 8, 32>(u, delta, A, B, C, D, z, bias, softplus, y, last, ck, b, d, l, n, g);
+    return (d / g) % 64 == 0 ? launch_fwd_t<T, 4, 4, 64>(u, delta, A, B, C, D, z, bias, softplus, y, last, ck, b, d, l, n, g)
+                             : launch_fwd_t<T, 4, 4, 32>(u, delta, A, B, C, D, z, bias, softplus, y, last, ck, b, d, l, n, g);
 }
 
 template <typename T>
