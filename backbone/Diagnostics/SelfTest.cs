@@ -193,6 +193,25 @@ public static class SelfTest
             }
             return err;
         });
+        // Without a gradient to record, ChunkScan's step 1 on CUDA is the fused kernel (Native/cuda/ssd_chunk_scan.cu).
+        // Chunks of 100 end in a partial 64-row tile and pad the sequence; head dims 40 and 80 give a partial and a
+        // second 64-channel tile; two groups of two heads.
+        foreach (var (q, p) in new[] { (100, 40L), (64, 80L) })
+            Add($"SSD chunk scan without grad (fused diagonal blocks, Q = {q}, p = {p}) vs float64", 1e-4, () =>
+            {
+                if (!SsdCudaKernel.Available) throw new InvalidOperationException("libssm_cuda.so lacks the SSD kernel (rebuild it)");
+                var g = new Generator((ulong)(seed + 104 + p));
+                long b = 2, l = 250, h = 4, n = 16;
+                Tensor R(params long[] shape) => torch.randn(shape, ScalarType.Float64, generator: g);
+                var inputs = new[] { R(b, l, h, p), R(b, l, h) * 0.5, -torch.rand(h, ScalarType.Float64, generator: g) - 0.5,
+                    R(b, l, 2, n), R(b, l, 2, n), R(h), R(b, l, h, p), R(h) * 0.5 };
+                var (yRef, _) = Ssd.Reference(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], D: inputs[5], z: inputs[6],
+                    dtBias: inputs[7], dtSoftplus: true);
+                var x = inputs.Select(t => t.to(ScalarType.Float32).to(device)).ToArray();
+                using var noGrad = torch.no_grad();
+                var (y, _) = Ssd.ChunkScan(x[0], x[1], x[2], x[3], x[4], q, D: x[5], z: x[6], dtBias: x[7], dtSoftplus: true);
+                return Rel(y, yRef);
+            });
         foreach (var precision in new[] { Precision.Fp32, Precision.Bf16 })
             foreach (bool graph in new[] { true, false })
                 Add($"CUDA decode step ({(precision == Precision.Fp32 ? "fp32" : "bf16")} weights, {(graph ? "graph" : "launches")}) vs MambaLM.Step",

@@ -52,12 +52,14 @@ public static class Ssd
     /// <param name="returnFinalStates">Also return the (b, h, p, n) state after the last token.</param>
     /// <param name="dtMin">Lower clamp of the processed dt (mamba_ssm dt_limit[0]).</param>
     /// <param name="dtMax">Upper clamp of the processed dt (mamba_ssm dt_limit[1]).</param>
+    /// <param name="fusedKernels">Allow the fused CUDA kernel of step 1 (used only on CUDA, in float32 compute, when no
+    /// gradient is recorded); false keeps every step in tensor ops (benchmarks, comparisons).</param>
     /// <returns>y (b, l, h, p) in x's dtype; finalStates (b, h, p, n) in the compute dtype, or null.</returns>
     public static (Tensor y, Tensor? finalStates) ChunkScan(
         Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, int chunkSize,
         Tensor? D = null, Tensor? z = null, Tensor? dtBias = null, Tensor? initialStates = null,
         bool dtSoftplus = false, bool returnFinalStates = false,
-        double dtMin = 0.0, double dtMax = double.PositiveInfinity)
+        double dtMin = 0.0, double dtMax = double.PositiveInfinity, bool fusedKernels = true)
     {
         var (b, l, h, p, g, n) = CheckSequenceShapes(x, dt, A, B, C, D, z, dtBias, initialStates);
         if (chunkSize < 1) throw new ArgumentOutOfRangeException(nameof(chunkSize), chunkSize, "chunkSize must be >= 1.");
@@ -99,15 +101,26 @@ public static class Ssd
         // result), the product in place as well when no gradient is recorded; handles are dropped as soon as used.
         // exp(Acs_l - Acs_s) from differences of the within-chunk cumsum (as mamba_ssm's chunk_scan kernel does):
         // fewer passes over the (Q, Q) blocks than the masked segsum, forward and backward; masked before exp.
-        var upper = torch.ones(new long[] { Q, Q }, dtype: ScalarType.Bool, device: x.device).triu(1);
-        var L = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2)).masked_fill_(upper, double.NegativeInfinity).exp_(); // (b, g, r, c, Q, Q)
-        var CB = torch.einsum("bclgn,bcsgn->bgcls", Ck, Bk).unsqueeze(2);     // (b, g, 1, c, Q, Q)
-        var M = RecordsGradient(x, dt, A, B, C, dtBias) ? L * CB : L.mul_(CB); // (b, g, r, c, Q, Q)
-        CB.Dispose();
-        // A batched matmul over (b, g, r, c) on permuted views: ~30% cheaper forward+backward than the einsum here.
-        var yDiag = torch.matmul(M, xdt.permute(0, 3, 4, 1, 2, 5))            // (b, g, r, c, Q, p)
-            .permute(0, 3, 4, 1, 2, 5);                                       // (b, c, Q, g, r, p)
-        L.Dispose(); M.Dispose();
+        Tensor yDiag;                                                         // (b, c, Q, g, r, p)
+        if (fusedKernels && !RecordsGradient(x, dt, A, B, C, dtBias) && SsdCudaKernel.Takes(xdt, b, c, h, p))
+        {
+            // The fused kernel (Native/cuda/ssd_chunk_scan.cu) forms the weights CB exp(Acs_l - Acs_s) tile by tile on
+            // chip; only CB, one (Q, Q) block per group and chunk, comes from a tensor op.
+            using var CBg = torch.einsum("bclgn,bcsgn->bgcls", Ck, Bk);      // (b, g, c, Q, Q)
+            yDiag = SsdCudaKernel.DiagForward(CBg, Acs, xdt);
+        }
+        else
+        {
+            var upper = torch.ones(new long[] { Q, Q }, dtype: ScalarType.Bool, device: x.device).triu(1);
+            var L = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2)).masked_fill_(upper, double.NegativeInfinity).exp_(); // (b, g, r, c, Q, Q)
+            var CB = torch.einsum("bclgn,bcsgn->bgcls", Ck, Bk).unsqueeze(2); // (b, g, 1, c, Q, Q)
+            var M = RecordsGradient(x, dt, A, B, C, dtBias) ? L * CB : L.mul_(CB); // (b, g, r, c, Q, Q)
+            CB.Dispose();
+            // A batched matmul over (b, g, r, c) on permuted views: ~30% cheaper forward+backward than the einsum here.
+            yDiag = torch.matmul(M, xdt.permute(0, 3, 4, 1, 2, 5))           // (b, g, r, c, Q, p)
+                .permute(0, 3, 4, 1, 2, 5);                                   // (b, c, Q, g, r, p)
+            L.Dispose(); M.Dispose();
+        }
 
         // Step 2 - chunk states (right factor of the low-rank off-diagonal blocks, the B terms):
         //   S_c = sum_s exp(Acs_last - Acs_s) dt_s x_s B_s^T   (state at the end of chunk c from its own tokens)
