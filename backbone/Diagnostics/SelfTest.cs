@@ -90,6 +90,15 @@ public static class SelfTest
                 R(g, b, l, 2, n), R(g, b, l, 2, n), R(g, h) };
             return (inputs, x => new[] { Ssd.ChunkScan(x[0], x[1], x[2], x[3], x[4], 16, x[5], dtSoftplus: true).y });
         });
+        // On CUDA with libssm_cuda.so step 1 runs in the fused kernels (Native/cuda/ssd_chunk_scan.cu): chunks of 100 end
+        // in a partial 64-row tile and pad the sequence; head dim 40 is a partial 64-channel tile.
+        Check("SSD chunk scan (Q = 100, head dim 40, fwd+bwd)", 1e-4, g =>
+        {
+            long b = 2, l = 250, h = 4, p = 40, n = 16;
+            var inputs = new[] { R(g, b, l, h, p), R(g, b, l, h) * 0.5, -torch.rand(h, ScalarType.Float64, generator: g) - 0.5,
+                R(g, b, l, 2, n), R(g, b, l, 2, n), R(g, h), R(g, b, l, h, p), R(g, h) * 0.5 };
+            return (inputs, x => new[] { Ssd.ChunkScan(x[0], x[1], x[2], x[3], x[4], 100, x[5], x[6], x[7], dtSoftplus: true).y });
+        });
         Check("S4D kernel + FFT conv (fwd+bwd)", 1e-4, g =>
         {
             var (logA, imA) = S4DKernel.InitLin(4, 8, ScalarType.Float64);
@@ -193,13 +202,13 @@ public static class SelfTest
             }
             return err;
         });
-        // Without a gradient to record, ChunkScan's step 1 on CUDA is the fused kernel (Native/cuda/ssd_chunk_scan.cu).
+        // Without a gradient to record, ChunkScan launches the fused forward kernel directly (Native/cuda/ssd_chunk_scan.cu).
         // Chunks of 100 end in a partial 64-row tile and pad the sequence; head dims 40 and 80 give a partial and a
         // second 64-channel tile; two groups of two heads.
         foreach (var (q, p) in new[] { (100, 40L), (64, 80L) })
             Add($"SSD chunk scan without grad (fused diagonal blocks, Q = {q}, p = {p}) vs float64", 1e-4, () =>
             {
-                if (!SsdCudaKernel.Available) throw new InvalidOperationException("libssm_cuda.so lacks the SSD kernel (rebuild it)");
+                if (!SsdCudaKernel.Available) throw new InvalidOperationException("libssm_cuda.so lacks the SSD kernels (rebuild it)");
                 var g = new Generator((ulong)(seed + 104 + p));
                 long b = 2, l = 250, h = 4, n = 16;
                 Tensor R(params long[] shape) => torch.randn(shape, ScalarType.Float64, generator: g);

@@ -23,6 +23,10 @@
 //   Reference  the plain sequential loop over time (the test oracle)
 //   Step       one token, updating a caller-owned float32 state in place (generation)
 //
+// On CUDA with libssm_cuda.so, ChunkScan's step 1 (the diagonal blocks) runs in fused kernels, forward and backward
+// (SsdCudaKernel, Native/cuda/ssd_chunk_scan.cu), which never write the (Q, Q) matrices of every head; the other steps
+// are the same tensor ops on every device.
+//
 // Precision: everything is computed in float32 for float32/bfloat16/float16 inputs and in float64 for float64 x;
 // y comes back in x's dtype, the states in the compute dtype. Device follows the inputs. Gradients flow through the
 // tensor ops to x, dt, A, B, C, D, z, dtBias and initialStates.
@@ -52,8 +56,8 @@ public static class Ssd
     /// <param name="returnFinalStates">Also return the (b, h, p, n) state after the last token.</param>
     /// <param name="dtMin">Lower clamp of the processed dt (mamba_ssm dt_limit[0]).</param>
     /// <param name="dtMax">Upper clamp of the processed dt (mamba_ssm dt_limit[1]).</param>
-    /// <param name="fusedKernels">Allow the fused CUDA kernel of step 1 (used only on CUDA, in float32 compute, when no
-    /// gradient is recorded); false keeps every step in tensor ops (benchmarks, comparisons).</param>
+    /// <param name="fusedKernels">Allow the fused CUDA kernels of step 1 (used on CUDA in float32 compute, with autograd);
+    /// false keeps every step in tensor ops (benchmarks, comparisons).</param>
     /// <returns>y (b, l, h, p) in x's dtype; finalStates (b, h, p, n) in the compute dtype, or null.</returns>
     public static (Tensor y, Tensor? finalStates) ChunkScan(
         Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, int chunkSize,
@@ -102,12 +106,12 @@ public static class Ssd
         // exp(Acs_l - Acs_s) from differences of the within-chunk cumsum (as mamba_ssm's chunk_scan kernel does):
         // fewer passes over the (Q, Q) blocks than the masked segsum, forward and backward; masked before exp.
         Tensor yDiag;                                                         // (b, c, Q, g, r, p)
-        if (fusedKernels && !RecordsGradient(x, dt, A, B, C, dtBias) && SsdCudaKernel.Takes(xdt, b, c, h, p))
+        if (fusedKernels && SsdCudaKernel.Takes(xdt, b, c, h, g, p))
         {
-            // The fused kernel (Native/cuda/ssd_chunk_scan.cu) forms the weights CB exp(Acs_l - Acs_s) tile by tile on
-            // chip; only CB, one (Q, Q) block per group and chunk, comes from a tensor op.
+            // The fused kernels (Native/cuda/ssd_chunk_scan.cu, forward and backward) form the weights
+            // CB exp(Acs_l - Acs_s) tile by tile on chip; only CB, one (Q, Q) block per group and chunk, is a tensor.
             using var CBg = torch.einsum("bclgn,bcsgn->bgcls", Ck, Bk);      // (b, g, c, Q, Q)
-            yDiag = SsdCudaKernel.DiagForward(CBg, Acs, xdt);
+            yDiag = SsdCudaKernel.Diag(CBg, Acs, xdt);
         }
         else
         {

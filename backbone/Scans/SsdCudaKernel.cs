@@ -1,42 +1,112 @@
-// The fused CUDA kernel of the SSD chunk scan's diagonal blocks (backbone/Native/cuda/ssd_chunk_scan.cu), forward only:
-// Ssd.ChunkScan calls it when nothing records a gradient (inference, prefill, evaluation) and keeps its tensor-op
-// step 1 otherwise, so training runs through autograd as before. Without libssm_cuda.so it is never used.
+// The fused CUDA kernels of the SSD chunk scan's diagonal blocks (backbone/Native/cuda/ssd_chunk_scan.cu), wired into
+// autograd: Y_diag = (CB exp(Acs_l - Acs_s) [s <= l]) xdt per (batch, chunk, head), the step of Ssd.ChunkScan that
+// otherwise materialises two (Q, Q) matrices per head. The backward is two more kernels (dxdt through the transposed
+// weights; dCB and dAcs from dY xdt^T), so neither pass writes a (Q, Q) matrix per head. Without a backward to follow
+// the forward is launched directly. The steps before and after (CB = C B^T, the cumulative sums, the chunk states, the
+// inter-chunk recurrence, the state outputs) stay tensor ops, and autograd carries the gradients through them.
 using TorchSharp;
 using static TorchSharp.torch;
 using Ssm.Backbone.Native;
 
 namespace Ssm.Backbone.Scans;
 
-internal static unsafe class SsdCudaKernel
+internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<SsdCudaKernel>
 {
-    static readonly Lazy<IntPtr?> Diag = new(() => CudaLib.Export("ssm_ssd_diag_fwd"));
+    public override string Name => "SsdDiagCuda";
 
-    /// <summary>Whether libssm_cuda.so with the SSD export is loaded.</summary>
-    public static bool Available => Diag.Value is not null;
+    static readonly Lazy<Exports?> Lib = new(Exports.TryLoad);
 
-    /// <summary>Whether the kernel takes these float32 CUDA operands (the grid limits: b h ceil(p / 64) and c at most 65,535).</summary>
-    public static bool Takes(Tensor xdt, long b, long c, long h, long p)
+    /// <summary>Whether libssm_cuda.so with the SSD exports is loaded.</summary>
+    public static bool Available => Lib.Value is not null;
+
+    /// <summary>Whether the kernels take these float32 CUDA operands (the grid limits: b h ceil(p / 64), b g and c at
+    /// most 65,535).</summary>
+    public static bool Takes(Tensor xdt, long b, long c, long h, long g, long p)
         => Available && xdt.device_type == DeviceType.CUDA && xdt.dtype == ScalarType.Float32
-           && b * h * ((p + 63) / 64) <= 65535 && c <= 65535;
+           && b * h * ((p + 63) / 64) <= 65535 && b * g <= 65535 && c <= 65535;
 
     /// <summary>
     /// Y_diag[l] = sum_{s &lt;= l} CB[l, s] exp(Acs[l] - Acs[s]) xdt[s] for every (batch, chunk, head).
     /// CB (b, g, c, Q, Q), Acs (b, g, r, c, Q), xdt (b, c, Q, g, r, p), all float32 on one CUDA device.
-    /// Returns (b, c, Q, g, r, p) float32.
+    /// Returns (b, c, Q, g, r, p) float32, differentiable in all three.
     /// </summary>
-    public static Tensor DiagForward(Tensor CB, Tensor Acs, Tensor xdt)
+    public static Tensor Diag(Tensor CB, Tensor Acs, Tensor xdt)
     {
-        long b = xdt.shape[0], c = xdt.shape[1], Q = xdt.shape[2], g = xdt.shape[3], r = xdt.shape[4], p = xdt.shape[5];
-        using var scope = torch.NewDisposeScope();
-        var cb = CB.contiguous();
-        var acs = Acs.contiguous();
-        var x = xdt.contiguous();
+        if (!Available) throw new InvalidOperationException("libssm_cuda.so with the SSD kernels is not loaded");
+        bool grad = torch.is_grad_enabled() && (CB.requires_grad || Acs.requires_grad || xdt.requires_grad);
+        if (!grad)
+        {
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            return Forward(CB.contiguous(), Acs.contiguous(), xdt.contiguous()).MoveToOuterDisposeScope();
+        }
+        return FusedFunctionTensors.Apply(() => apply(CB, Acs, xdt))[0];
+    }
+
+    static Tensor Forward(Tensor CB, Tensor Acs, Tensor xdt)
+    {
+        var (b, c, Q, g, r, p) = Dims(xdt);
         var y = torch.empty(xdt.shape, ScalarType.Float32, xdt.device);
-        int code = ((delegate* unmanaged<float*, float*, float*, float*, int, int, int, int, int, int, int>)Diag.Value!.Value)(
-            F(cb), F(acs), F(x), F(y), (int)b, (int)c, (int)Q, (int)(g * r), (int)g, (int)p);
-        if (code != 0) throw new InvalidOperationException($"CUDA SSD chunk scan failed: {CudaLib.Error(code)}");
-        return y.MoveToOuterDisposeScope();
+        Check(Lib.Value!.Fwd(F(CB), F(Acs), F(xdt), F(y), b, c, Q, g * r, g, p));
+        return y;
+    }
+
+    static (int b, int c, int Q, int g, int r, int p) Dims(Tensor xdt)
+        => ((int)xdt.shape[0], (int)xdt.shape[1], (int)xdt.shape[2], (int)xdt.shape[3], (int)xdt.shape[4], (int)xdt.shape[5]);
+
+    public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        FusedFunctionTensors.Release();
+        using var noGrad = torch.no_grad();
+        var CB = ((Tensor)vars[0]).contiguous();
+        var Acs = ((Tensor)vars[1]).contiguous();
+        var xdt = ((Tensor)vars[2]).contiguous();
+        var y = Forward(CB, Acs, xdt);
+        ctx.save_for_backward(new List<Tensor> { CB, Acs, xdt });
+        FusedFunctionTensors.Track(CB, Acs, xdt, y);
+        ctx.set_materialize_grads(false);
+        return new List<Tensor> { y };
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
+    {
+        FusedFunctionTensors.Release();
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var s = ctx.get_saved_variables();
+        Tensor CB = s[0], Acs = s[1], xdt = s[2];
+        var (b, c, Q, g, r, p) = Dims(xdt);
+        var dY = (grads[0] is { IsInvalid: false } g0 && g0.numel() > 0 ? g0.to_type(ScalarType.Float32) : torch.zeros_like(xdt)).contiguous();
+        var CBT = CB.transpose(-1, -2).contiguous();
+        var dX = torch.empty_like(xdt);
+        var dCB = torch.zeros_like(CB);                                   // tiles above the diagonal stay zero
+        var dAcs = torch.zeros_like(Acs);                                 // gathered by atomic adds
+        Check(Lib.Value!.Bwd(F(CB), F(CBT), F(Acs), F(xdt), F(dY), F(dX), F(dCB), F(dAcs), b, c, Q, g * r, g, p));
+        return FusedFunctionTensors.Keep(new List<Tensor> { dCB, dAcs, dX }, grads);
     }
 
     static float* F(Tensor t) => (float*)TensorPointer.Of(t);
+
+    static void Check(int code)
+    {
+        if (code != 0) throw new InvalidOperationException($"CUDA SSD chunk scan failed: {CudaLib.Error(code)}");
+    }
+
+    /// <summary>The SSD exports of libssm_cuda.so (null when the library or either export is missing).</summary>
+    sealed class Exports
+    {
+        public required delegate* unmanaged<float*, float*, float*, float*, int, int, int, int, int, int, int> Fwd { get; init; }
+        public required delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int, int> Bwd { get; init; }
+
+        public static Exports? TryLoad()
+        {
+            var f = new[] { "ssm_ssd_diag_fwd", "ssm_ssd_diag_bwd" }.Select(CudaLib.Export).ToArray();
+            if (f.Any(x => x is null)) return null;
+            return new Exports
+            {
+                Fwd = (delegate* unmanaged<float*, float*, float*, float*, int, int, int, int, int, int, int>)f[0]!.Value,
+                Bwd = (delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int, int>)f[1]!.Value,
+            };
+        }
+    }
 }

@@ -35,7 +35,8 @@ __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_all;\n" 
 // VEC: Q % 4 == 0 and p % 4 == 0 with 16-byte-aligned pointers: the next tile's rows of CB and X are copied into shared
 // memory by cp.async while the current one is multiplied (ncu: without it, most stalls waited on those loads), and Y
 // is written 16 bytes at a time. Otherwise the tiles are loaded by plain, bounds-checked loads.
-template <bool VEC>
+// REV (the backward's dX = W^T dY): M is CB^T, and row i sums over j >= i with exp(Acs[j] - Acs[i]).
+template <bool VEC, bool REV>
 __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB, const float* __restrict__ Acs,
     const float* __restrict__ X, float* __restrict__ Y, int c, int Q, int h, int g, int p, int ptiles)
 {
@@ -86,9 +87,10 @@ __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB,
     for (int i = 0; i < 8; i++)
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
-    int ntiles = (min(Q, l0 + RT) + KS - 1) / KS;  // causal: s <= l < l0 + RT
-    load(0, 0);
-    for (int t = 0; t < ntiles; t++)
+    // Causal: s <= l < l0 + RT, so tiles from 0 to the block's last row; REV: s >= l >= l0, tiles from l0 to Q.
+    int tfirst = REV ? l0 / KS : 0, ntiles = REV ? (Q + KS - 1) / KS : (min(Q, l0 + RT) + KS - 1) / KS;
+    load(tfirst * KS, tfirst & 1);
+    for (int t = tfirst; t < ntiles; t++)
     {
         int buf = t & 1, s0 = t * KS;
         if (VEC) cp_wait();
@@ -104,8 +106,10 @@ __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB,
 #pragma unroll
             for (int k = 0; k < 4; k++)
             {
-                bool on = lme < Q && s0 + k4 + k <= lme;
-                W[k4 + k][tid] = on ? cv[k] * __expf(al - As[buf][k4 + k]) : 0.f;
+                // s < Q too: in REV the last tile runs past Q, where CB is a zero fill and exp(Acs[s] - Acs[l]) with
+                // Acs[s] = 0 can overflow (0 x inf = NaN; found by the doctor's Q = 100 check).
+                bool on = lme < Q && s0 + k4 + k < Q && (REV ? s0 + k4 + k >= lme : s0 + k4 + k <= lme);
+                W[k4 + k][tid] = on ? cv[k] * __expf(REV ? As[buf][k4 + k] - al : al - As[buf][k4 + k]) : 0.f;
             }
         }
         __syncthreads();
@@ -144,6 +148,141 @@ __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB,
     }
 }
 
+// The backward's other half, per (batch, chunk, group) and 64 x 64 tile (l, s) of the chunk's (Q, Q) block on or below
+// the diagonal, looping over the group's heads: with E = exp(Acs[l] - Acs[s]) [s <= l] and dW = dY X^T (a 64 x 64 x p
+// product per head),
+//   dCB[l, s] = sum over heads of dW E          dAcs[l] += sum_s T[l, s],  dAcs[s] -= sum_l T[l, s],  T = dW E CB
+// (Y = (CB E) X, and E's exponent is Acs[l] - Acs[s]). dCB is written once per tile (the caller zeroes the tiles above
+// the diagonal); dAcs (zeroed by the caller) gathers row and column sums from several tiles by atomic adds.
+constexpr int KP = 32;   // head channels per staged slice of dY and X
+
+__global__ void __launch_bounds__(NT) ssd_diag_bwd_cb(const float* __restrict__ CB, const float* __restrict__ Acs,
+    const float* __restrict__ X, const float* __restrict__ dY, float* __restrict__ dCB, float* __restrict__ dAcs,
+    int c, int Q, int h, int g, int p)
+{
+    __shared__ __align__(16) float Dt[KP][RT + 4];      // dY slice, transposed: Dt[k][i] = dY[l0 + i, p0 + k]
+    __shared__ __align__(16) float Xt[KP][RT + 4];      // X slice, transposed:  Xt[k][j] = X[s0 + j, p0 + k]
+    __shared__ float CBt[RT][RT + 1];                  // CB[l0 + i, s0 + j]
+    __shared__ float Ar[RT], Ac[RT];                   // Acs of the tile's rows and columns (this head)
+    __shared__ float Cs[8][RT];                        // column sums of T by row group
+    int tile = blockIdx.x, ci = blockIdx.y, bg = blockIdx.z, bi = bg / g, gi = bg % g, r = h / g;
+    int lt = (int)((sqrtf(8.f * tile + 1.f) - 1.f) * 0.5f);  // tile = lt (lt + 1) / 2 + st, st <= lt
+    while ((lt + 1) * (lt + 2) / 2 <= tile) lt++;
+    while (lt * (lt + 1) / 2 > tile) lt--;
+    int st = tile - lt * (lt + 1) / 2;
+    int l0 = lt * RT, s0 = st * RT, tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+    long rowStride = (long)h * p;
+    const float* cb = CB + (((long)bi * g + gi) * c + ci) * (long)Q * Q;
+    for (int e = tid; e < RT * RT; e += NT)
+    {
+        int i = e / RT, j = e % RT, l = l0 + i, s = s0 + j;
+        CBt[i][j] = l < Q && s < Q ? cb[(long)l * Q + s] : 0.f;
+    }
+    // Thread (tx, ty): rows l0 + 8 ty + i, columns s0 + 4 tx + j and s0 + 32 + 4 tx + j (j < 4).
+    float gcb[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) gcb[i][j] = 0.f;
+    for (int ri = 0; ri < r; ri++)
+    {
+        int hi = gi * r + ri;
+        const float* a = Acs + ((long)bi * h + hi) * (long)c * Q + (long)ci * Q;
+        const float* x = X + ((long)bi * c + ci) * (long)Q * rowStride + (long)hi * p;
+        const float* dy = dY + ((long)bi * c + ci) * (long)Q * rowStride + (long)hi * p;
+        __syncthreads();                               // the previous head is done with Ar, Ac, Cs (and CBt is in place)
+        Ar[tid] = l0 + tid < Q ? a[l0 + tid] : 0.f;
+        Ac[tid] = s0 + tid < Q ? a[s0 + tid] : 0.f;
+        float dw[8][8];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int j = 0; j < 8; j++) dw[i][j] = 0.f;
+        for (int p0 = 0; p0 < p; p0 += KP)
+        {
+            __syncthreads();                           // the previous slice's products are done
+            // Thread tid stages row tid of both tiles (its KP channels): consecutive threads, consecutive rows, so the
+            // transposed stores are conflict-free.
+#pragma unroll 8
+            for (int k = 0; k < KP; k++)
+            {
+                int col = p0 + k;
+                Dt[k][tid] = l0 + tid < Q && col < p ? dy[(long)(l0 + tid) * rowStride + col] : 0.f;
+                Xt[k][tid] = s0 + tid < Q && col < p ? x[(long)(s0 + tid) * rowStride + col] : 0.f;
+            }
+            __syncthreads();
+#pragma unroll 8
+            for (int k = 0; k < KP; k++)
+            {
+                float4 d0 = *reinterpret_cast<const float4*>(&Dt[k][ty * 8]), d1 = *reinterpret_cast<const float4*>(&Dt[k][ty * 8 + 4]);
+                float4 x0 = *reinterpret_cast<const float4*>(&Xt[k][tx * 4]), x1 = *reinterpret_cast<const float4*>(&Xt[k][32 + tx * 4]);
+                float dv[8] = { d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w };
+                float xv[8] = { x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w };
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+#pragma unroll
+                    for (int j = 0; j < 8; j++) dw[i][j] = fmaf(dv[i], xv[j], dw[i][j]);
+            }
+        }
+        // E, the dCB contribution, and T's row and column sums.
+        float rs[8], cs[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) cs[j] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+        {
+            int il = ty * 8 + i, l = l0 + il;
+            rs[i] = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                int js = j < 4 ? tx * 4 + j : 32 + tx * 4 + j - 4, s = s0 + js;
+                bool on = l < Q && s <= l;
+                float w = on ? dw[i][j] * __expf(Ar[il] - Ac[js]) : 0.f;
+                gcb[i][j] += w;
+                float t = w * CBt[il][js];
+                rs[i] += t;
+                cs[j] += t;
+            }
+        }
+        // Row sums: the 8 lanes of a row group are one quarter-warp (tid = 8 ty + tx).
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+        {
+            float v = rs[i];
+            v += __shfl_xor_sync(0xffffffffu, v, 1);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            int l = l0 + ty * 8 + i;
+            if (tx == 0 && l < Q) atomicAdd(&dAcs[((long)bi * h + hi) * (long)c * Q + (long)ci * Q + l], v);
+        }
+        // Column sums: over the 8 row groups, through shared memory.
+#pragma unroll
+        for (int j = 0; j < 8; j++) Cs[ty][j < 4 ? tx * 4 + j : 32 + tx * 4 + j - 4] = cs[j];
+        __syncthreads();
+        {
+            float v = 0.f;
+#pragma unroll
+            for (int q = 0; q < 8; q++) v += Cs[q][tid];
+            int s = s0 + tid;
+            if (s < Q && v != 0.f) atomicAdd(&dAcs[((long)bi * h + hi) * (long)c * Q + (long)ci * Q + s], -v);
+        }
+    }
+    float* gout = dCB + (((long)bi * g + gi) * c + ci) * (long)Q * Q;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+    {
+        int l = l0 + ty * 8 + i;
+        if (l >= Q) break;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+        {
+            int s = s0 + (j < 4 ? tx * 4 + j : 32 + tx * 4 + j - 4);
+            if (s < Q) gout[(long)l * Q + s] = gcb[i][j];
+        }
+    }
+}
+
 bool aligned16(const void* q) { return ((unsigned long long)q & 15) == 0; }
 
 }  // namespace
@@ -160,8 +299,26 @@ int ssm_ssd_diag_fwd(const float* CB, const float* Acs, const float* X, float* Y
     if (z > 65535 || c > 65535) return -1;
     bool vec = Q % 4 == 0 && p % 4 == 0 && aligned16(CB) && aligned16(X) && aligned16(Y);
     dim3 grid((Q + RT - 1) / RT, c, (unsigned)z);
-    if (vec) ssd_diag_fwd<true><<<grid, NT>>>(CB, Acs, X, Y, c, Q, h, g, p, ptiles);
-    else ssd_diag_fwd<false><<<grid, NT>>>(CB, Acs, X, Y, c, Q, h, g, p, ptiles);
+    if (vec) ssd_diag_fwd<true, false><<<grid, NT>>>(CB, Acs, X, Y, c, Q, h, g, p, ptiles);
+    else ssd_diag_fwd<false, false><<<grid, NT>>>(CB, Acs, X, Y, c, Q, h, g, p, ptiles);
+    return (int)cudaGetLastError();
+}
+
+// The backward of Y = (CB exp(Acs[l] - Acs[s]) [s <= l]) X for every (batch, chunk, head): dX (b, c, Q, h, p) written;
+// dCB (b, g, c, Q, Q) and dAcs (b, h, c, Q) must be zero on entry. CBT is CB with its last two axes swapped.
+int ssm_ssd_diag_bwd(const float* CB, const float* CBT, const float* Acs, const float* X, const float* dY, float* dX,
+    float* dCB, float* dAcs, int b, int c, int Q, int h, int g, int p)
+{
+    if (b < 1 || c < 1 || Q < 1 || h < 1 || g < 1 || h % g != 0 || p < 1) return -1;
+    int ptiles = (p + PT - 1) / PT, qt = (Q + RT - 1) / RT;
+    long z = (long)b * h * ptiles;
+    if (z > 65535 || c > 65535 || (long)b * g > 65535) return -1;
+    bool vec = Q % 4 == 0 && p % 4 == 0 && aligned16(CBT) && aligned16(dY) && aligned16(dX);
+    dim3 grid(qt, c, (unsigned)z);
+    if (vec) ssd_diag_fwd<true, true><<<grid, NT>>>(CBT, Acs, dY, dX, c, Q, h, g, p, ptiles);
+    else ssd_diag_fwd<false, true><<<grid, NT>>>(CBT, Acs, dY, dX, c, Q, h, g, p, ptiles);
+    dim3 grid2(qt * (qt + 1) / 2, c, (unsigned)(b * g));
+    ssd_diag_bwd_cb<<<grid2, NT>>>(CB, Acs, X, dY, dCB, dAcs, c, Q, h, g, p);
     return (int)cudaGetLastError();
 }
 
