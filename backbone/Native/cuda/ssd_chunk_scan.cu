@@ -32,6 +32,24 @@ __device__ __forceinline__ void cp16(void* dst, const void* src, bool full)
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_all;\n" ::); }
 
+// A ROWS x COLS tile of floats (row r at src + r ld) into dst (row stride DST), zero past nr rows and nc columns: by
+// 16-byte cp.async (VEC: ld, nc and src 4-float aligned; the caller commits) or by plain, bounds-checked loads.
+template <bool VEC, int ROWS, int COLS, int DST>
+__device__ __forceinline__ void copy_tile(float* dst, const float* src, long ld, int nr, int nc)
+{
+#pragma unroll
+    for (int e = threadIdx.x; e < ROWS * COLS / 4; e += NT)
+    {
+        int r = e / (COLS / 4), q = (e % (COLS / 4)) * 4;
+        if (VEC) cp16(dst + r * DST + q, src + (long)min(r, nr - 1) * ld + min(q, nc - 4), r < nr && q < nc);
+        else
+        {
+#pragma unroll
+            for (int j = 0; j < 4; j++) dst[r * DST + q + j] = r < nr && q + j < nc ? src[(long)r * ld + q + j] : 0.f;
+        }
+    }
+}
+
 // VEC: Q % 4 == 0 and p % 4 == 0 with 16-byte-aligned pointers: the next tile's rows of CB and X are copied into shared
 // memory by cp.async while the current one is multiplied (ncu: without it, most stalls waited on those loads), and Y
 // is written 16 bytes at a time. Otherwise the tiles are loaded by plain, bounds-checked loads.
@@ -57,28 +75,8 @@ __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB,
     // Tile s0 into buffer buf. Rows past Q (and, for X, channels past p) are zero: a zero weight times a stale X could be NaN.
     auto load = [&](int s0, int buf)
     {
-#pragma unroll
-        for (int e = tid; e < RT * KS / 4; e += NT)
-        {
-            int row = e / (KS / 4), q = (e % (KS / 4)) * 4, l = l0 + row, s = s0 + q;
-            if (VEC) cp16(&CBs[buf][row][q], cb + (long)min(l, Q - 1) * Q + min(s, Q - 4), l < Q && s < Q);
-            else
-            {
-#pragma unroll
-                for (int j = 0; j < 4; j++) CBs[buf][row][q + j] = l < Q && s + j < Q ? cb[(long)l * Q + s + j] : 0.f;
-            }
-        }
-#pragma unroll
-        for (int e = tid; e < KS * PT / 4; e += NT)
-        {
-            int k = e / (PT / 4), q = (e % (PT / 4)) * 4, s = s0 + k, col = p0 + q;
-            if (VEC) cp16(&Xs[buf][k][q], x + (long)min(s, Q - 1) * rowStride + min(col, p - 4), s < Q && col < p);
-            else
-            {
-#pragma unroll
-                for (int j = 0; j < 4; j++) Xs[buf][k][q + j] = s < Q && col + j < p ? x[(long)s * rowStride + col + j] : 0.f;
-            }
-        }
+        copy_tile<VEC, RT, KS, KS + 4>(&CBs[buf][0][0], cb + (long)l0 * Q + s0, Q, Q - l0, Q - s0);
+        copy_tile<VEC, KS, PT, PT>(&Xs[buf][0][0], x + (long)s0 * rowStride + p0, rowStride, Q - s0, p - p0);
         if (tid < KS) As[buf][tid] = s0 + tid < Q ? a[s0 + tid] : 0.f;
         if (VEC) cp_commit();
     };
