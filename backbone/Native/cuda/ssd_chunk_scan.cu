@@ -50,6 +50,50 @@ __device__ __forceinline__ void copy_tile(float* dst, const float* src, long ld,
     }
 }
 
+// The 8 x 8 register tile of thread (tx, ty) in a 64 x 64 output tile: rows 8 ty + i, columns col8(tx, j), that is
+// 4 tx + j and 32 + 4 tx + j - 4: the lanes of a quarter-warp (one ty, tx = 0..7) then read one address of the left
+// factor and 128 contiguous bytes of the right one per 16-byte load, the cheapest patterns of shared loads.
+__device__ __forceinline__ int col8(int tx, int j) { return j < 4 ? tx * 4 + j : 28 + tx * 4 + j; }
+
+// acc += a b^T for one step k of a 64 x 64 x K product: a = the tile's 64 left-factor values at k (rows), b = its 64
+// right-factor values at k (columns); 4 shared loads, 64 FMAs.
+__device__ __forceinline__ void fma8x8(float (&acc)[8][8], const float* a, const float* b, int tx, int ty)
+{
+    float4 a0 = *reinterpret_cast<const float4*>(a + ty * 8), a1 = *reinterpret_cast<const float4*>(a + ty * 8 + 4);
+    float4 b0 = *reinterpret_cast<const float4*>(b + tx * 4), b1 = *reinterpret_cast<const float4*>(b + 32 + tx * 4);
+    float av[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w };
+    float bv[8] = { b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w };
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+}
+
+// The thread's 8 x 8 tile into dst (the 64 x 64 tile's origin, row stride ld), rows < nr and columns < nc; 16 bytes at
+// a time when vec (ld, nc and dst 4-float aligned).
+__device__ __forceinline__ void store8x8(float* dst, long ld, int nr, int nc, const float (&acc)[8][8], int tx, int ty, bool vec)
+{
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+    {
+        int r = ty * 8 + i;
+        if (r >= nr) break;
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            int col = half * 32 + tx * 4;
+            float* d = dst + (long)r * ld + col;
+            const float* v = &acc[i][half * 4];
+            if (vec && col < nc) *reinterpret_cast<float4*>(d) = make_float4(v[0], v[1], v[2], v[3]);
+            else if (!vec)
+            {
+#pragma unroll
+                for (int j = 0; j < 4; j++) if (col + j < nc) d[j] = v[j];
+            }
+        }
+    }
+}
+
 // VEC: Q % 4 == 0 and p % 4 == 0 with 16-byte-aligned pointers: the next tile's rows of CB and X are copied into shared
 // memory by cp.async while the current one is multiplied (ncu: without it, most stalls waited on those loads), and Y
 // is written 16 bytes at a time. Otherwise the tiles are loaded by plain, bounds-checked loads.
@@ -114,36 +158,10 @@ __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB,
 #pragma unroll 8
         for (int k = 0; k < KS; k++)
         {
-            float4 w0 = *reinterpret_cast<const float4*>(&W[k][ty * 8]), w1 = *reinterpret_cast<const float4*>(&W[k][ty * 8 + 4]);
-            float4 x0 = *reinterpret_cast<const float4*>(&Xs[buf][k][tx * 4]), x1 = *reinterpret_cast<const float4*>(&Xs[buf][k][32 + tx * 4]);
-            float wv[8] = { w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w };
-            float xv[8] = { x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w };
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-#pragma unroll
-                for (int j = 0; j < 8; j++) acc[i][j] = fmaf(wv[i], xv[j], acc[i][j]);
+            fma8x8(acc, &W[k][0], &Xs[buf][k][0], tx, ty);
         }
     }
-    // Thread (tx, ty) holds rows l0 + 8 ty + i and channels p0 + 4 tx + j, p0 + 32 + 4 tx + j (j < 4).
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-    {
-        int l = l0 + ty * 8 + i;
-        if (l >= Q) break;
-#pragma unroll
-        for (int half = 0; half < 2; half++)
-        {
-            int col = p0 + half * 32 + tx * 4;
-            float* dst = y + (long)l * rowStride + col;
-            const float* v = &acc[i][half * 4];
-            if (VEC && col < p) *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
-            else if (!VEC)
-            {
-#pragma unroll
-                for (int j = 0; j < 4; j++) if (col + j < p) dst[j] = v[j];
-            }
-        }
-    }
+    store8x8(y + (long)l0 * rowStride + p0, rowStride, Q - l0, p - p0, acc, tx, ty, VEC);
 }
 
 // The backward's other half, per (batch, chunk, group) and 64 x 64 tile (l, s) of the chunk's (Q, Q) block on or below
@@ -176,7 +194,7 @@ __global__ void __launch_bounds__(NT) ssd_diag_bwd_cb(const float* __restrict__ 
         int i = e / RT, j = e % RT, l = l0 + i, s = s0 + j;
         CBt[i][j] = l < Q && s < Q ? cb[(long)l * Q + s] : 0.f;
     }
-    // Thread (tx, ty): rows l0 + 8 ty + i, columns s0 + 4 tx + j and s0 + 32 + 4 tx + j (j < 4).
+    // Thread (tx, ty): rows l0 + 8 ty + i, columns s0 + col8(tx, j).
     float gcb[8][8];
 #pragma unroll
     for (int i = 0; i < 8; i++)
@@ -212,14 +230,7 @@ __global__ void __launch_bounds__(NT) ssd_diag_bwd_cb(const float* __restrict__ 
 #pragma unroll 8
             for (int k = 0; k < KP; k++)
             {
-                float4 d0 = *reinterpret_cast<const float4*>(&Dt[k][ty * 8]), d1 = *reinterpret_cast<const float4*>(&Dt[k][ty * 8 + 4]);
-                float4 x0 = *reinterpret_cast<const float4*>(&Xt[k][tx * 4]), x1 = *reinterpret_cast<const float4*>(&Xt[k][32 + tx * 4]);
-                float dv[8] = { d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w };
-                float xv[8] = { x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w };
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-#pragma unroll
-                    for (int j = 0; j < 8; j++) dw[i][j] = fmaf(dv[i], xv[j], dw[i][j]);
+                fma8x8(dw, &Dt[k][0], &Xt[k][0], tx, ty);
             }
         }
         // E, the dCB contribution, and T's row and column sums.
@@ -234,7 +245,7 @@ __global__ void __launch_bounds__(NT) ssd_diag_bwd_cb(const float* __restrict__ 
 #pragma unroll
             for (int j = 0; j < 8; j++)
             {
-                int js = j < 4 ? tx * 4 + j : 32 + tx * 4 + j - 4, s = s0 + js;
+                int js = col8(tx, j), s = s0 + js;
                 bool on = l < Q && s <= l;
                 float w = on ? dw[i][j] * __expf(Ar[il] - Ac[js]) : 0.f;
                 gcb[i][j] += w;
@@ -256,7 +267,7 @@ __global__ void __launch_bounds__(NT) ssd_diag_bwd_cb(const float* __restrict__ 
         }
         // Column sums: over the 8 row groups, through shared memory.
 #pragma unroll
-        for (int j = 0; j < 8; j++) Cs[ty][j < 4 ? tx * 4 + j : 32 + tx * 4 + j - 4] = cs[j];
+        for (int j = 0; j < 8; j++) Cs[ty][col8(tx, j)] = cs[j];
         __syncthreads();
         {
             float v = 0.f;
@@ -266,19 +277,8 @@ __global__ void __launch_bounds__(NT) ssd_diag_bwd_cb(const float* __restrict__ 
             if (s < Q && v != 0.f) atomicAdd(&dAcs[((long)bi * h + hi) * (long)c * Q + (long)ci * Q + s], -v);
         }
     }
-    float* gout = dCB + (((long)bi * g + gi) * c + ci) * (long)Q * Q;
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-    {
-        int l = l0 + ty * 8 + i;
-        if (l >= Q) break;
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-        {
-            int s = s0 + (j < 4 ? tx * 4 + j : 32 + tx * 4 + j - 4);
-            if (s < Q) gout[(long)l * Q + s] = gcb[i][j];
-        }
-    }
+    float* gout = dCB + (((long)bi * g + gi) * c + ci) * (long)Q * Q + (long)l0 * Q + s0;
+    store8x8(gout, Q, Q - l0, Q - s0, gcb, tx, ty, (Q & 3) == 0 && ((unsigned long long)dCB & 15) == 0);
 }
 
 bool aligned16(const void* q) { return ((unsigned long long)q & 15) == 0; }
