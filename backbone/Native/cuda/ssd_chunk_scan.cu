@@ -1,19 +1,21 @@
 // Fused SSD chunk scan, the diagonal blocks (Mamba-2; "Transformers are SSMs" section 6, step 1 of Listing 1; the
-// intra-chunk half of mamba_ssm's _chunk_scan_fwd), forward only. Per (batch, chunk, head):
+// intra-chunk half of mamba_ssm's _chunk_scan_fwd and its backward). Per (batch, chunk, head):
 //   Y[l, :] = sum_{s <= l} CB[l, s] exp(Acs[l] - Acs[s]) X[s, :]
 // with CB = C B^T of the chunk (shared by the heads of a group), Acs the within-chunk cumulative sum of dt A and
 // X = dt x. Layouts (float32, contiguous; h heads in g groups, head i reads group i / (h / g)):
 //   CB (b, g, c, Q, Q)    Acs (b, h, c, Q)    X, Y (b, c, Q, h, p)
 //
-// Why a kernel. The tensor-op path (Scans/Ssd.cs) forms the decay matrix exp(Acs[l] - Acs[s]) and the weights
+// Why kernels. The tensor-op path (Scans/Ssd.cs) forms the decay matrix exp(Acs[l] - Acs[s]) and the weights
 // CB exp(...) for every (batch, head, chunk) in device memory: at b 8, l 8192, 32 heads, Q 256 that is 2.1 GB per
-// matrix in float32, written and read several times, before one batched product. Here a block computes a 64 x 64 tile
-// of Y (64 steps of the chunk x 64 head channels) as a causal matrix product whose left factor is formed in shared
-// memory 32 steps at a time (weight = CB exp(...), zero above the diagonal, so tiles past the diagonal are skipped);
-// nothing of size Q x Q per head leaves the chip. 64 threads, each an 8 x 8 register tile of Y: a step s costs a
-// thread four 16-byte shared loads for 64 FMAs; the next tile's CB and X arrive by cp.async behind the products. The lanes of a quarter-warp (one row group, eight column groups) read
-// one address of the weights and 128 contiguous bytes of X, the cheapest patterns of 16-byte shared loads.
-// The backward stays with the tensor-op path (autograd): the caller uses this kernel only without a gradient to record.
+// matrix in float32, written and read several times, before one batched product (and autograd keeps them for the
+// backward). Here nothing of size Q x Q per head leaves the chip:
+//   - forward: a block computes a 64 x 64 tile of Y (64 steps of the chunk x 64 head channels) as a causal matrix
+//     product whose left factor is formed in shared memory 32 steps at a time (weight = CB exp(...), zero above the
+//     diagonal, so tiles past the diagonal are skipped); the next tile's CB and X arrive by cp.async behind the
+//     products. 64 threads, each an 8 x 8 register tile: a step costs a thread four 16-byte shared loads for 64 FMAs;
+//   - backward, dX = W^T dY: the same kernel on CB^T with the mask and the exponent reversed;
+//   - backward, dCB and dAcs: per 64 x 64 tile on or below the diagonal, dW = dY X^T for each head of the group (the
+//     same register tiles), then the elementwise chain rule through CB exp(Acs[l] - Acs[s]).
 #include <cuda_runtime.h>
 
 namespace {
