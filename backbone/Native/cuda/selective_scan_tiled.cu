@@ -27,8 +27,8 @@
 // 3.41; with the cp.async staging, packed vector loads, shared-memory bias and D, branch-free per-element passes and
 // four threads per channel in the forward, 0.37 / 2.02; with the forward's per-element pass on step pairs (paired
 // loads, 16-byte stores, bias and D in registers), 16-byte output stores, 64 channels per block, a lane order that
-// makes a quarter-warp's B, C loads one address, and for bfloat16 one MUFU instruction per activation, 0.31 / 1.87
-// (bfloat16 forward 0.36 -> 0.28; bench/GpuBench/results/kernel-only.txt).
+// makes a quarter-warp's B, C loads one address, and for bfloat16 one MUFU instruction per activation and step groups
+// unrolled by 4, 0.31 / 1.85 (bfloat16 forward 0.38 -> 0.28; bench/GpuBench/results/kernel-only.txt).
 // What bounds the bfloat16 forward (ncu at l = 2048): no single unit. Shared memory is 65% busy (every thread reads
 // B_t, C_t for its states and (Δ_t, Δ_t u_t) for its channel each step), the MUFU pipe 54% (the n exponentials per
 // (channel, step) alone are 0.13 ms of it at this shape), issue slots 60%, with 1.2 eligible warps per scheduler of
