@@ -101,10 +101,6 @@ public static class Ssd
 
         // Step 1 - diagonal blocks (intra-chunk outputs), the quadratic "attention" form:
         //   Y_diag[l] = sum_{s <= l} (C_l . B_s) exp(Acs_l - Acs_s) dt_s x_s
-        // The (Q, Q) blocks are the bulk of the memory traffic: mask and exp in place (autograd-safe: exp saves its
-        // result), the product in place as well when no gradient is recorded; handles are dropped as soon as used.
-        // exp(Acs_l - Acs_s) from differences of the within-chunk cumsum (as mamba_ssm's chunk_scan kernel does):
-        // fewer passes over the (Q, Q) blocks than the masked segsum, forward and backward; masked before exp.
         Tensor yDiag;                                                         // (b, c, Q, g, r, p)
         if (fusedKernels && SsdCudaKernel.Takes(xdt, b, c, h, g, p))
         {
@@ -115,6 +111,10 @@ public static class Ssd
         }
         else
         {
+            // The (Q, Q) blocks are the bulk of the memory traffic: mask and exp in place (autograd-safe: exp saves its
+            // result), the product in place as well when no gradient is recorded; handles are dropped as soon as used.
+            // exp(Acs_l - Acs_s) from differences of the within-chunk cumsum (as mamba_ssm's chunk_scan kernel does):
+            // fewer passes over the (Q, Q) blocks than the masked segsum, forward and backward; masked before exp.
             var upper = torch.ones(new long[] { Q, Q }, dtype: ScalarType.Bool, device: x.device).triu(1);
             var L = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2)).masked_fill_(upper, double.NegativeInfinity).exp_(); // (b, g, r, c, Q, Q)
             var CB = torch.einsum("bclgn,bcsgn->bgcls", Ck, Bk).unsqueeze(2); // (b, g, 1, c, Q, Q)
