@@ -99,15 +99,51 @@ public static class Ssd
         var AcsT = Acs.permute(0, 3, 4, 1, 2).unsqueeze(-1);                  // (b, c, Q, g, r, 1)
         var xdt = xk * dtk.unsqueeze(-1);                                     // (b, c, Q, g, r, p)  dt_s x_s
 
-        // Step 1 - diagonal blocks (intra-chunk outputs), the quadratic "attention" form:
-        //   Y_diag[l] = sum_{s <= l} (C_l . B_s) exp(Acs_l - Acs_s) dt_s x_s
-        Tensor yDiag;                                                         // (b, c, Q, g, r, p)
+        // Steps 2-4, the off-diagonal blocks, as a function of the state entering the sequence: the fused kernels of
+        // step 1 add step 4's output in their epilogue, so they need it first; the tensor-op path needs it after its
+        // (Q, Q) blocks are freed.
+        var running = initialStates is null
+            ? torch.zeros(new long[] { b, g, r, p, n }, dtype: cd, device: x.device)
+            : initialStates.to(cd).reshape(b, g, r, p, n);                    // (b, g, r, p, n)
+        Tensor OffDiagonal()
+        {
+            // Step 2 - chunk states (right factor of the low-rank off-diagonal blocks, the B terms):
+            //   S_c = sum_s exp(Acs_last - Acs_s) dt_s x_s B_s^T   (state at the end of chunk c from its own tokens)
+            var decayStates = (AcsT.narrow(2, Q - 1, 1) - AcsT).exp();            // (b, c, Q, g, r, 1)
+            var states = torch.einsum("bclgrp,bclgn->bcgrpn", xdt * decayStates, Bk); // (b, c, g, r, p, n)
+
+            // Step 3 - inter-chunk recurrence (middle factor, the A terms): pass the states across chunk boundaries,
+            // starting from initialStates: entering[k + 1] = exp(total decay of chunk k) entering[k] + S_k.
+            // A plain loop over the c chunks: O(c h p n), where the paper's (c+1) x (c+1) segsum matrix costs
+            // O(c^2 h p n) and dominates at long l or short chunks on the CPU.
+            // unbind (not select in the loop), so the backward is one stack instead of c full-size scatters.
+            var chunkDecay = Acs.select(-1, Q - 1).exp().reshape(b, g, r, c, 1, 1).unbind(3); // c x (b, g, r, 1, 1)
+            var chunkStates = states.unbind(1);                                   // c x (b, g, r, p, n)
+            var entering = new Tensor[c];
+            for (long k = 0; k < c; k++)
+            {
+                entering[k] = running;                                            // state entering chunk k
+                running = running * chunkDecay[k] + chunkStates[k];               // (b, g, r, p, n)
+            }
+            var prevStates = c > 0 ? torch.stack(entering, 1)                     // (b, c, g, r, p, n)
+                : torch.zeros(new long[] { b, 0, g, r, p, n }, dtype: cd, device: x.device);
+
+            // Step 4 - state to output (left factor, the C terms):
+            //   Y_off[l] = exp(Acs_l) C_l . newStates[chunk]; the row factor exp(Acs_l) is applied with step 1 below.
+            return torch.einsum("bclgn,bcgrpn->bclgrp", Ck, prevStates);      // (b, c, Q, g, r, p)
+        }
+
+        // Step 1 - diagonal blocks (intra-chunk outputs), the quadratic "attention" form, and the chunk's output:
+        //   Y_diag[l] = sum_{s <= l} (C_l . B_s) exp(Acs_l - Acs_s) dt_s x_s,   Y = Y_diag + Y_off
+        Tensor yChunk;                                                        // (b, c, Q, g, r, p)
         if (fusedKernels && SsdCudaKernel.Takes(xdt, b, c, h, g, p))
         {
             // The fused kernels (Native/cuda/ssd_chunk_scan.cu, forward and backward) form the weights
-            // CB exp(Acs_l - Acs_s) tile by tile on chip; only CB, one (Q, Q) block per group and chunk, is a tensor.
+            // CB exp(Acs_l - Acs_s) tile by tile on chip (only CB, one (Q, Q) block per group and chunk, is a tensor)
+            // and add exp(Acs_l) offRaw in the same pass.
+            var offRaw = OffDiagonal();
             using var CBg = torch.einsum("bclgn,bcsgn->bgcls", Ck, Bk);      // (b, g, c, Q, Q)
-            yDiag = SsdCudaKernel.Diag(CBg, Acs, xdt);
+            yChunk = SsdCudaKernel.Diag(CBg, Acs, xdt, offRaw);
         }
         else
         {
@@ -121,40 +157,13 @@ public static class Ssd
             var M = RecordsGradient(x, dt, A, B, C, dtBias) ? L * CB : L.mul_(CB); // (b, g, r, c, Q, Q)
             CB.Dispose();
             // A batched matmul over (b, g, r, c) on permuted views: ~30% cheaper forward+backward than the einsum here.
-            yDiag = torch.matmul(M, xdt.permute(0, 3, 4, 1, 2, 5))           // (b, g, r, c, Q, p)
+            var yDiag = torch.matmul(M, xdt.permute(0, 3, 4, 1, 2, 5))       // (b, g, r, c, Q, p)
                 .permute(0, 3, 4, 1, 2, 5);                                   // (b, c, Q, g, r, p)
             L.Dispose(); M.Dispose();
+            yChunk = yDiag + OffDiagonal() * AcsT.exp();
         }
 
-        // Step 2 - chunk states (right factor of the low-rank off-diagonal blocks, the B terms):
-        //   S_c = sum_s exp(Acs_last - Acs_s) dt_s x_s B_s^T   (state at the end of chunk c from its own tokens)
-        var decayStates = (AcsT.narrow(2, Q - 1, 1) - AcsT).exp();            // (b, c, Q, g, r, 1)
-        var states = torch.einsum("bclgrp,bclgn->bcgrpn", xdt * decayStates, Bk); // (b, c, g, r, p, n)
-
-        // Step 3 - inter-chunk recurrence (middle factor, the A terms): pass the states across chunk boundaries,
-        // starting from initialStates: entering[k + 1] = exp(total decay of chunk k) entering[k] + S_k.
-        // A plain loop over the c chunks: O(c h p n), where the paper's (c+1) x (c+1) segsum matrix costs O(c^2 h p n)
-        // and dominates at long l or short chunks on the CPU.
-        var running = initialStates is null
-            ? torch.zeros(new long[] { b, g, r, p, n }, dtype: cd, device: x.device)
-            : initialStates.to(cd).reshape(b, g, r, p, n);                    // (b, g, r, p, n)
-        // unbind (not select in the loop), so the backward is one stack instead of c full-size scatters.
-        var chunkDecay = Acs.select(-1, Q - 1).exp().reshape(b, g, r, c, 1, 1).unbind(3); // c x (b, g, r, 1, 1)
-        var chunkStates = states.unbind(1);                                   // c x (b, g, r, p, n)
-        var entering = new Tensor[c];
-        for (long k = 0; k < c; k++)
-        {
-            entering[k] = running;                                            // state entering chunk k
-            running = running * chunkDecay[k] + chunkStates[k];               // (b, g, r, p, n)
-        }
-        var prevStates = c > 0 ? torch.stack(entering, 1)                     // (b, c, g, r, p, n)
-            : torch.zeros(new long[] { b, 0, g, r, p, n }, dtype: cd, device: x.device);
-
-        // Step 4 - state to output (left factor, the C terms):
-        //   Y_off[l] = exp(Acs_l) C_l . newStates[chunk]
-        var yOff = torch.einsum("bclgn,bcgrpn->bclgrp", Ck, prevStates) * AcsT.exp(); // (b, c, Q, g, r, p)
-
-        var y = (yDiag + yOff).reshape(b, c * Q, h, p);                       // (b, cQ, h, p)
+        var y = yChunk.reshape(b, c * Q, h, p);                               // (b, cQ, h, p)
         if (pad > 0) y = y.narrow(1, 0, l);                                   // (b, l, h, p)
         y = SkipAndGate(y, xc, D, z, h);
         var yOut = y.to(x.dtype).MoveToOuterDisposeScope();

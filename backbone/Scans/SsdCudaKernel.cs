@@ -1,9 +1,11 @@
 // The fused CUDA kernels of the SSD chunk scan's diagonal blocks (backbone/Native/cuda/ssd_chunk_scan.cu), wired into
-// autograd: Y_diag = (CB exp(Acs_l - Acs_s) [s <= l]) xdt per (batch, chunk, head), the step of Ssd.ChunkScan that
-// otherwise materialises two (Q, Q) matrices per head. The backward is two more kernels (dxdt through the transposed
-// weights; dCB and dAcs from dY xdt^T), so neither pass writes a (Q, Q) matrix per head. Without a backward to follow
-// the forward is launched directly. The steps before and after (CB = C B^T, the cumulative sums, the chunk states, the
-// inter-chunk recurrence, the state outputs) stay tensor ops, and autograd carries the gradients through them.
+// autograd: Y = (CB exp(Acs_l - Acs_s) [s <= l]) xdt + exp(Acs_l) off per (batch, chunk, head), the step of
+// Ssd.ChunkScan that otherwise materialises two (Q, Q) matrices per head, with step 4's row factor and the sum of the
+// two parts in its epilogue. The backward is three more kernels (dxdt through the transposed weights; dCB and dAcs from
+// dY xdt^T; doff and the rest of dAcs), so neither pass writes a (Q, Q) matrix per head. Without a backward to follow
+// the forward is launched directly. The products around it (CB = C B^T, the chunk states, the state outputs C . state
+// that come in as off), the cumulative sums and the inter-chunk recurrence stay tensor ops, and autograd carries the
+// gradients through them.
 using TorchSharp;
 using static TorchSharp.torch;
 using Ssm.Backbone.Native;
@@ -26,28 +28,29 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
            && b * h * ((p + 63) / 64) <= 65535 && b * g <= 65535 && c <= 65535;
 
     /// <summary>
-    /// Y_diag[l] = sum_{s &lt;= l} CB[l, s] exp(Acs[l] - Acs[s]) xdt[s] for every (batch, chunk, head).
-    /// CB (b, g, c, Q, Q), Acs (b, g, r, c, Q), xdt (b, c, Q, g, r, p), all float32 on one CUDA device.
-    /// Returns (b, c, Q, g, r, p) float32, differentiable in all three.
+    /// Y[l] = sum_{s &lt;= l} CB[l, s] exp(Acs[l] - Acs[s]) xdt[s] (+ exp(Acs[l]) off[l]) for every (batch, chunk, head).
+    /// CB (b, g, c, Q, Q), Acs (b, g, r, c, Q), xdt and off (b, c, Q, g, r, p), all float32 on one CUDA device; off may
+    /// be null. Returns (b, c, Q, g, r, p) float32, differentiable in every input.
     /// </summary>
-    public static Tensor Diag(Tensor CB, Tensor Acs, Tensor xdt)
+    public static Tensor Diag(Tensor CB, Tensor Acs, Tensor xdt, Tensor? off = null)
     {
         if (!Available) throw new InvalidOperationException("libssm_cuda.so with the SSD kernels is not loaded");
-        bool grad = torch.is_grad_enabled() && (CB.requires_grad || Acs.requires_grad || xdt.requires_grad);
+        using var none = torch.empty(0, ScalarType.Float32, xdt.device);
+        bool grad = torch.is_grad_enabled() && (CB.requires_grad || Acs.requires_grad || xdt.requires_grad || (off?.requires_grad ?? false));
         if (!grad)
         {
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
-            return Forward(CB.contiguous(), Acs.contiguous(), xdt.contiguous()).MoveToOuterDisposeScope();
+            return Forward(CB.contiguous(), Acs.contiguous(), xdt.contiguous(), off?.contiguous() ?? none).MoveToOuterDisposeScope();
         }
-        return FusedFunctionTensors.Apply(() => apply(CB, Acs, xdt))[0];
+        return FusedFunctionTensors.Apply(() => apply(CB, Acs, xdt, off ?? none))[0];
     }
 
-    static Tensor Forward(Tensor CB, Tensor Acs, Tensor xdt)
+    static Tensor Forward(Tensor CB, Tensor Acs, Tensor xdt, Tensor off)
     {
         var (b, c, Q, g, r, p) = Dims(xdt);
         var y = torch.empty(xdt.shape, ScalarType.Float32, xdt.device);
-        Check(Lib.Value!.Fwd(F(CB), F(Acs), F(xdt), F(y), b, c, Q, g * r, g, p));
+        Check(Lib.Value!.Fwd(F(CB), F(Acs), F(xdt), F(off), F(y), b, c, Q, g * r, g, p));
         return y;
     }
 
@@ -61,9 +64,10 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
         var CB = ((Tensor)vars[0]).contiguous();
         var Acs = ((Tensor)vars[1]).contiguous();
         var xdt = ((Tensor)vars[2]).contiguous();
-        var y = Forward(CB, Acs, xdt);
-        ctx.save_for_backward(new List<Tensor> { CB, Acs, xdt });
-        FusedFunctionTensors.Track(CB, Acs, xdt, y);
+        var off = ((Tensor)vars[3]).contiguous();
+        var y = Forward(CB, Acs, xdt, off);
+        ctx.save_for_backward(new List<Tensor> { CB, Acs, xdt, off });
+        FusedFunctionTensors.Track(CB, Acs, xdt, off, y);
         ctx.set_materialize_grads(false);
         return new List<Tensor> { y };
     }
@@ -74,15 +78,16 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var s = ctx.get_saved_variables();
-        Tensor CB = s[0], Acs = s[1], xdt = s[2];
+        Tensor CB = s[0], Acs = s[1], xdt = s[2], off = s[3];
         var (b, c, Q, g, r, p) = Dims(xdt);
         var dY = (grads[0] is { IsInvalid: false } g0 && g0.numel() > 0 ? g0.to_type(ScalarType.Float32) : torch.zeros_like(xdt)).contiguous();
         var CBT = CB.transpose(-1, -2).contiguous();
         var dX = torch.empty_like(xdt);
         var dCB = torch.zeros_like(CB);                                   // tiles above the diagonal stay zero
         var dAcs = torch.zeros_like(Acs);                                 // gathered by atomic adds
-        Check(Lib.Value!.Bwd(F(CB), F(CBT), F(Acs), F(xdt), F(dY), F(dX), F(dCB), F(dAcs), b, c, Q, g * r, g, p));
-        return FusedFunctionTensors.Keep(new List<Tensor> { dCB, dAcs, dX }, grads);
+        var dOff = off.numel() == 0 ? off : torch.empty_like(off);
+        Check(Lib.Value!.Bwd(F(CB), F(CBT), F(Acs), F(xdt), F(off), F(dY), F(dX), F(dCB), F(dAcs), F(dOff), b, c, Q, g * r, g, p));
+        return FusedFunctionTensors.Keep(new List<Tensor> { dCB, dAcs, dX, off.numel() == 0 ? null! : dOff }, grads);
     }
 
     static float* F(Tensor t) => (float*)TensorPointer.Of(t);
@@ -95,17 +100,17 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
     /// <summary>The SSD exports of libssm_cuda.so (null when the library or either export is missing).</summary>
     sealed class Exports
     {
-        public required delegate* unmanaged<float*, float*, float*, float*, int, int, int, int, int, int, int> Fwd { get; init; }
-        public required delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int, int> Bwd { get; init; }
+        public required delegate* unmanaged<float*, float*, float*, float*, float*, int, int, int, int, int, int, int> Fwd { get; init; }
+        public required delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int, int> Bwd { get; init; }
 
         public static Exports? TryLoad()
         {
-            var f = new[] { "ssm_ssd_diag_fwd", "ssm_ssd_diag_bwd" }.Select(CudaLib.Export).ToArray();
+            var f = new[] { "ssm_ssd_chunk_fwd", "ssm_ssd_chunk_bwd" }.Select(CudaLib.Export).ToArray();
             if (f.Any(x => x is null)) return null;
             return new Exports
             {
-                Fwd = (delegate* unmanaged<float*, float*, float*, float*, int, int, int, int, int, int, int>)f[0]!.Value,
-                Bwd = (delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int, int>)f[1]!.Value,
+                Fwd = (delegate* unmanaged<float*, float*, float*, float*, float*, int, int, int, int, int, int, int>)f[0]!.Value,
+                Bwd = (delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int, int>)f[1]!.Value,
             };
         }
     }

@@ -16,6 +16,8 @@
 //   - backward, dX = W^T dY: the same kernel on CB^T with the mask and the exponent reversed;
 //   - backward, dCB and dAcs: per 64 x 64 tile on or below the diagonal, dW = dY X^T for each head of the group (the
 //     same register tiles), then the elementwise chain rule through CB exp(Acs[l] - Acs[s]).
+// The forward optionally adds step 4's exp(Acs[l]) C_l . state (computed by a matrix product outside, as Off) in its
+// epilogue, which saves the broadcast multiply and the sum over the chunk's outputs (and their backward passes).
 #include <cuda_runtime.h>
 
 namespace {
@@ -100,9 +102,12 @@ __device__ __forceinline__ void store8x8(float* dst, long ld, int nr, int nc, co
 // memory by cp.async while the current one is multiplied (ncu: without it, most stalls waited on those loads), and Y
 // is written 16 bytes at a time. Otherwise the tiles are loaded by plain, bounds-checked loads.
 // REV (the backward's dX = W^T dY): M is CB^T, and row i sums over j >= i with exp(Acs[j] - Acs[i]).
+// Off (forward only; may be null): the off-diagonal outputs C_l . state before their row factor, same layout as Y;
+// Y gets exp(Acs[l]) Off[l, :] added in the epilogue (step 4 of the chunked scan), so Y is the chunk's whole output.
 template <bool VEC, bool REV>
 __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB, const float* __restrict__ Acs,
-    const float* __restrict__ X, float* __restrict__ Y, int c, int Q, int h, int g, int p, int ptiles)
+    const float* __restrict__ X, const float* __restrict__ Off, float* __restrict__ Y, int c, int Q, int h, int g, int p,
+    int ptiles)
 {
     __shared__ __align__(16) float CBs[2][RT][KS + 4];  // CB rows l0 .., steps s0 ..; +4: a quarter-warp's 16-byte row reads hit distinct banks
     __shared__ __align__(16) float Xs[2][KS][PT];       // X rows s0 .. s0 + KS - 1, channels p0 .. p0 + PT - 1
@@ -163,7 +168,52 @@ __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB,
             fma8x8(acc, &W[k][0], &Xs[buf][k][0], tx, ty);
         }
     }
+    if (!REV && Off)
+    {
+        const float* off = Off + ((long)bi * c + ci) * (long)Q * rowStride + (long)hi * p;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+        {
+            int l = l0 + ty * 8 + i;
+            if (l >= Q) break;
+            float el = __expf(a[l]);
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                int col = p0 + col8(tx, j);
+                if (col < p) acc[i][j] = fmaf(el, off[(long)l * rowStride + col], acc[i][j]);
+            }
+        }
+    }
     store8x8(y + (long)l0 * rowStride + p0, rowStride, Q - l0, p - p0, acc, tx, ty, VEC);
+}
+
+// The backward of the epilogue's exp(Acs[l]) Off[l, :]: dOff = exp(Acs[l]) dY, and dAcs[l] += exp(Acs[l]) dY . Off
+// (added atomically: the dCB kernel adds to dAcs too). One warp per row (batch, chunk, step, head) of Y.
+__global__ void ssd_off_bwd(const float* __restrict__ dY, const float* __restrict__ Off, const float* __restrict__ Acs,
+    float* __restrict__ dOff, float* __restrict__ dAcs, long rows, int c, int Q, int h, int p)
+{
+    long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31, hi = (int)(row % h);
+    long t = row / h;
+    int l = (int)(t % Q);
+    long bc = t / Q;
+    int ci = (int)(bc % c);
+    long bi = bc / c, ai = ((bi * h + hi) * c + ci) * (long)Q + l;
+    float e = __expf(Acs[ai]), sum = 0.f;
+    const float* dy = dY + row * p;
+    const float* o = Off + row * p;
+    float* d = dOff + row * p;
+    for (int k = lane; k < p; k += 32)
+    {
+        float gy = dy[k];
+        d[k] = e * gy;
+        sum = fmaf(gy, o[k], sum);
+    }
+#pragma unroll
+    for (int m = 16; m >= 1; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    if (lane == 0 && sum != 0.f) atomicAdd(&dAcs[ai], e * sum);
 }
 
 // The backward's other half, per (batch, chunk, group) and 64 x 64 tile (l, s) of the chunk's (Q, Q) block on or below
@@ -291,7 +341,9 @@ extern "C" {
 
 // Y (b, c, Q, h, p) = the diagonal-block outputs; see the top of this file. 0, or a CUDA error code (negative: the
 // sizes do not fit the grid).
-int ssm_ssd_diag_fwd(const float* CB, const float* Acs, const float* X, float* Y, int b, int c, int Q, int h, int g, int p)
+// Off (b, c, Q, h, p) may be null; with it Y also holds exp(Acs[l]) Off[l, :].
+int ssm_ssd_chunk_fwd(const float* CB, const float* Acs, const float* X, const float* Off, float* Y, int b, int c, int Q,
+    int h, int g, int p)
 {
     if (b < 1 || c < 1 || Q < 1 || h < 1 || g < 1 || h % g != 0 || p < 1) return -1;
     int ptiles = (p + PT - 1) / PT;
@@ -299,15 +351,16 @@ int ssm_ssd_diag_fwd(const float* CB, const float* Acs, const float* X, float* Y
     if (z > 65535 || c > 65535) return -1;
     bool vec = Q % 4 == 0 && p % 4 == 0 && aligned16(CB) && aligned16(X) && aligned16(Y);
     dim3 grid((Q + RT - 1) / RT, c, (unsigned)z);
-    if (vec) ssd_diag_fwd<true, false><<<grid, NT>>>(CB, Acs, X, Y, c, Q, h, g, p, ptiles);
-    else ssd_diag_fwd<false, false><<<grid, NT>>>(CB, Acs, X, Y, c, Q, h, g, p, ptiles);
+    if (vec) ssd_diag_fwd<true, false><<<grid, NT>>>(CB, Acs, X, Off, Y, c, Q, h, g, p, ptiles);
+    else ssd_diag_fwd<false, false><<<grid, NT>>>(CB, Acs, X, Off, Y, c, Q, h, g, p, ptiles);
     return (int)cudaGetLastError();
 }
 
-// The backward of Y = (CB exp(Acs[l] - Acs[s]) [s <= l]) X for every (batch, chunk, head): dX (b, c, Q, h, p) written;
-// dCB (b, g, c, Q, Q) and dAcs (b, h, c, Q) must be zero on entry. CBT is CB with its last two axes swapped.
-int ssm_ssd_diag_bwd(const float* CB, const float* CBT, const float* Acs, const float* X, const float* dY, float* dX,
-    float* dCB, float* dAcs, int b, int c, int Q, int h, int g, int p)
+// The backward of Y = (CB exp(Acs[l] - Acs[s]) [s <= l]) X (+ exp(Acs[l]) Off) for every (batch, chunk, head): dX
+// and, with Off, dOff (b, c, Q, h, p) written; dCB (b, g, c, Q, Q) and dAcs (b, h, c, Q) must be zero on entry. CBT is
+// CB with its last two axes swapped. Off and dOff null: no epilogue term.
+int ssm_ssd_chunk_bwd(const float* CB, const float* CBT, const float* Acs, const float* X, const float* Off, const float* dY,
+    float* dX, float* dCB, float* dAcs, float* dOff, int b, int c, int Q, int h, int g, int p)
 {
     if (b < 1 || c < 1 || Q < 1 || h < 1 || g < 1 || h % g != 0 || p < 1) return -1;
     int ptiles = (p + PT - 1) / PT, qt = (Q + RT - 1) / RT;
@@ -315,10 +368,15 @@ int ssm_ssd_diag_bwd(const float* CB, const float* CBT, const float* Acs, const 
     if (z > 65535 || c > 65535 || (long)b * g > 65535) return -1;
     bool vec = Q % 4 == 0 && p % 4 == 0 && aligned16(CBT) && aligned16(dY) && aligned16(dX);
     dim3 grid(qt, c, (unsigned)z);
-    if (vec) ssd_diag_fwd<true, true><<<grid, NT>>>(CBT, Acs, dY, dX, c, Q, h, g, p, ptiles);
-    else ssd_diag_fwd<false, true><<<grid, NT>>>(CBT, Acs, dY, dX, c, Q, h, g, p, ptiles);
+    if (vec) ssd_diag_fwd<true, true><<<grid, NT>>>(CBT, Acs, dY, nullptr, dX, c, Q, h, g, p, ptiles);
+    else ssd_diag_fwd<false, true><<<grid, NT>>>(CBT, Acs, dY, nullptr, dX, c, Q, h, g, p, ptiles);
     dim3 grid2(qt * (qt + 1) / 2, c, (unsigned)(b * g));
     ssd_diag_bwd_cb<<<grid2, NT>>>(CB, Acs, X, dY, dCB, dAcs, c, Q, h, g, p);
+    if (Off && dOff)
+    {
+        long rows = (long)b * c * Q * h;
+        ssd_off_bwd<<<(unsigned)((rows + 7) / 8), 256>>>(dY, Off, Acs, dOff, dAcs, rows, c, Q, h, p);
+    }
     return (int)cudaGetLastError();
 }
 
