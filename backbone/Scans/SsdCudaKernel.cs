@@ -21,10 +21,11 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
     /// <summary>Whether libssm_cuda.so with the SSD exports is loaded.</summary>
     public static bool Available => Lib.Value is not null;
 
-    /// <summary>Whether the kernels take these float32 CUDA operands (the grid limits: b h ceil(p / 64), b g and c at
-    /// most 65,535).</summary>
+    /// <summary>Whether the kernels take these float32 CUDA operands: no empty dimension (an empty sequence has no
+    /// chunk), and the grid limits (b h ceil(p / 64), b g and c at most 65,535).</summary>
     public static bool Takes(Tensor xdt, long b, long c, long h, long g, long p)
         => Available && xdt.device_type == DeviceType.CUDA && xdt.dtype == ScalarType.Float32
+           && b >= 1 && c >= 1 && h >= 1 && g >= 1 && p >= 1
            && b * h * ((p + 63) / 64) <= 65535 && b * g <= 65535 && c <= 65535;
 
     /// <summary>
