@@ -26,6 +26,7 @@ public static class SelfTest
             ("libtorch", LibTorchPath() ?? "not found in /proc/self/maps"),
             ("CUDA available", cuda ? $"yes, {torch.cuda.device_count()} device(s)" : "no"),
             ("fused CUDA scan", SelectiveScanCudaKernel.Status),
+            ("fused CUDA SSD", SsdCudaKernel.Available ? "available" : Native.CudaLib.Available ? "libssm_cuda.so lacks the SSD exports (rebuild it)" : Native.CudaLib.Status),
             ("CPU threads", torch.get_num_threads().ToString(System.Globalization.CultureInfo.InvariantCulture)),
         };
         return rows;
