@@ -203,23 +203,28 @@ public static class SelfTest
             }
             return err;
         });
-        // Without a gradient to record, ChunkScan launches the fused forward kernel directly (Native/cuda/ssd_chunk_scan.cu).
-        // Chunks of 100 end in a partial 64-row tile and pad the sequence; head dims 40 and 80 give a partial and a
-        // second 64-channel tile; two groups of two heads.
-        foreach (var (q, p) in new[] { (100, 40L), (64, 80L) })
-            Add($"SSD chunk scan without grad (fused diagonal blocks, Q = {q}, p = {p}) vs float64", 1e-4, () =>
+        // Without a gradient to record, ChunkScan runs one fused kernel for the chunk outputs, the skip and the gate
+        // (Native/cuda/ssd_chunk_scan.cu), writing y in x's dtype. Chunks of 100 end in a partial 64-row tile and pad
+        // the sequence; head dims 40 and 80 give a partial and a second 64-channel tile; two groups of two heads; D per
+        // head and per channel; bfloat16 in and out (against float64, to bfloat16's precision).
+        foreach (var (q, p, dt) in new[] { (100, 40L, ScalarType.Float32), (64, 80L, ScalarType.Float32), (100, 40L, ScalarType.BFloat16) })
+            Add($"SSD chunk scan without grad ({(dt == ScalarType.Float32 ? "fp32" : "bf16")}, fused, Q = {q}, p = {p}) vs float64",
+                dt == ScalarType.Float32 ? 1e-4 : 1e-2, () =>
             {
                 if (!SsdCudaKernel.Available) throw new InvalidOperationException("libssm_cuda.so lacks the SSD kernels (rebuild it)");
-                var g = new Generator((ulong)(seed + 104 + p));
+                var g = new Generator((ulong)(seed + 104 + p + (int)dt));
                 long b = 2, l = 250, h = 4, n = 16;
                 Tensor R(params long[] shape) => torch.randn(shape, ScalarType.Float64, generator: g);
                 var inputs = new[] { R(b, l, h, p), R(b, l, h) * 0.5, -torch.rand(h, ScalarType.Float64, generator: g) - 0.5,
-                    R(b, l, 2, n), R(b, l, 2, n), R(h), R(b, l, h, p), R(h) * 0.5 };
+                    R(b, l, 2, n), R(b, l, 2, n), p == 80 ? R(h, p) : R(h), R(b, l, h, p), R(h) * 0.5 };
+                // The activations rounded to dt first, so the reference sees what the kernel sees.
+                foreach (int i in new[] { 0, 1, 3, 4, 6 }) inputs[i] = inputs[i].to(dt).to(ScalarType.Float64);
                 var (yRef, _) = Ssd.Reference(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], D: inputs[5], z: inputs[6],
                     dtBias: inputs[7], dtSoftplus: true);
-                var x = inputs.Select(t => t.to(ScalarType.Float32).to(device)).ToArray();
+                var x = inputs.Select((t, i) => t.to(i is 2 or 5 or 7 ? ScalarType.Float32 : dt).to(device)).ToArray();
                 using var noGrad = torch.no_grad();
                 var (y, _) = Ssd.ChunkScan(x[0], x[1], x[2], x[3], x[4], q, D: x[5], z: x[6], dtBias: x[7], dtSoftplus: true);
+                if (y.dtype != dt) throw new InvalidOperationException($"y came back as {y.dtype}, not {dt}");
                 return Rel(y, yRef);
             });
         foreach (var precision in new[] { Precision.Fp32, Precision.Bf16 })

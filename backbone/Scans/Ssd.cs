@@ -135,15 +135,19 @@ public static class Ssd
 
         // Step 1 - diagonal blocks (intra-chunk outputs), the quadratic "attention" form, and the chunk's output:
         //   Y_diag[l] = sum_{s <= l} (C_l . B_s) exp(Acs_l - Acs_s) dt_s x_s,   Y = Y_diag + Y_off
-        Tensor yChunk;                                                        // (b, c, Q, g, r, p)
+        Tensor? yChunk = null, yFinal = null;                                 // (b, c, Q, g, r, p); (b, l, h, p)
         if (fusedKernels && SsdCudaKernel.Takes(xdt, b, c, h, g, p))
         {
             // The fused kernels (Native/cuda/ssd_chunk_scan.cu, forward and backward) form the weights
             // CB exp(Acs_l - Acs_s) tile by tile on chip (only CB, one (Q, Q) block per group and chunk, is a tensor)
-            // and add exp(Acs_l) offRaw in the same pass.
+            // and add exp(Acs_l) offRaw in the same pass; without a gradient to record the same kernel also applies
+            // the skip and the gate and writes y in x's dtype.
             var offRaw = OffDiagonal();
             using var CBg = torch.einsum("bclgn,bcsgn->bgcls", Ck, Bk);      // (b, g, c, Q, Q)
-            yChunk = SsdCudaKernel.Diag(CBg, Acs, xdt, offRaw);
+            if (!RecordsGradient(x, dt, A, B, C, D, z, dtBias, initialStates) && SsdCudaKernel.TakesFinal(x, z))
+                yFinal = SsdCudaKernel.FinalForward(CBg, Acs, xdt, offRaw, x, z, D);
+            else
+                yChunk = SsdCudaKernel.Diag(CBg, Acs, xdt, offRaw);
         }
         else
         {
@@ -163,10 +167,15 @@ public static class Ssd
             yChunk = yDiag + OffDiagonal() * AcsT.exp();
         }
 
-        var y = yChunk.reshape(b, c * Q, h, p);                               // (b, cQ, h, p)
-        if (pad > 0) y = y.narrow(1, 0, l);                                   // (b, l, h, p)
-        y = SkipAndGate(y, xc, D, z, h);
-        var yOut = y.to(x.dtype).MoveToOuterDisposeScope();
+        Tensor yOut;
+        if (yFinal is not null) yOut = yFinal.MoveToOuterDisposeScope();
+        else
+        {
+            var y = yChunk!.reshape(b, c * Q, h, p);                           // (b, cQ, h, p)
+            if (pad > 0) y = y.narrow(1, 0, l);                               // (b, l, h, p)
+            y = SkipAndGate(y, xc, D, z, h);
+            yOut = y.to(x.dtype).MoveToOuterDisposeScope();
+        }
 
         Tensor? finalStates = null;
         if (returnFinalStates)

@@ -47,6 +47,34 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
         return FusedFunctionTensors.Apply(() => apply(CB, Acs, xdt, off ?? none))[0];
     }
 
+    /// <summary>Whether <see cref="FinalForward"/> takes x and z: float32 or bfloat16, z absent or of x's dtype.</summary>
+    public static bool TakesFinal(Tensor x, Tensor? z)
+        => Lib.Value?.FwdFinal is not null && (x.dtype == ScalarType.Float32 || x.dtype == ScalarType.BFloat16)
+           && (z is null || z.dtype == x.dtype);
+
+    /// <summary>
+    /// Inference only (no autograd): the chunk's output as <see cref="Diag"/> computes it, finished in the same kernel:
+    /// (Y + D x) silu(z) in x's dtype, (b, l, h, p), the padding rows dropped. x, z (b, l, h, p); D (h) or (h, p) or null.
+    /// </summary>
+    public static Tensor FinalForward(Tensor CB, Tensor Acs, Tensor xdt, Tensor off, Tensor x, Tensor? z, Tensor? D)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var (b, c, Q, g, r, p) = Dims(xdt);
+        var cb = CB.contiguous();
+        var acs = Acs.contiguous();
+        var xd = xdt.contiguous();
+        var o = off.contiguous();
+        var xi = x.contiguous();
+        var zi = z?.contiguous();
+        var d = D?.to_type(ScalarType.Float32).contiguous();
+        var outp = torch.empty(x.shape, x.dtype, x.device);
+        void* P(Tensor? t) => t is null ? null : (void*)TensorPointer.Of(t);
+        Check(Lib.Value!.FwdFinal(F(cb), F(acs), F(xd), F(o), x.dtype == ScalarType.BFloat16 ? 1 : 0, P(xi), P(zi),
+            d is null ? null : F(d), d is not null && d.dim() == 2 ? 1 : 0, P(outp), b, c, Q, (int)x.shape[1], g * r, g, p));
+        return outp.MoveToOuterDisposeScope();
+    }
+
     static Tensor Forward(Tensor CB, Tensor Acs, Tensor xdt, Tensor off)
     {
         var (b, c, Q, g, r, p) = Dims(xdt);
@@ -103,6 +131,8 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
     {
         public required delegate* unmanaged<float*, float*, float*, float*, float*, int, int, int, int, int, int, int> Fwd { get; init; }
         public required delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int, int> Bwd { get; init; }
+        // Optional (a build without it keeps the tensor-op skip and gate).
+        public delegate* unmanaged<float*, float*, float*, float*, int, void*, void*, float*, int, void*, int, int, int, int, int, int, int, int> FwdFinal { get; init; }
 
         public static Exports? TryLoad()
         {
@@ -112,6 +142,8 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
             {
                 Fwd = (delegate* unmanaged<float*, float*, float*, float*, float*, int, int, int, int, int, int, int>)f[0]!.Value,
                 Bwd = (delegate* unmanaged<float*, float*, float*, float*, float*, float*, float*, float*, float*, float*, int, int, int, int, int, int, int>)f[1]!.Value,
+                FwdFinal = CudaLib.Export("ssm_ssd_chunk_fwd_final") is IntPtr ff
+                    ? (delegate* unmanaged<float*, float*, float*, float*, int, void*, void*, float*, int, void*, int, int, int, int, int, int, int, int>)ff : null,
             };
         }
     }

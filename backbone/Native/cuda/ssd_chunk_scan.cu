@@ -19,6 +19,8 @@
 // The forward optionally adds step 4's exp(Acs[l]) C_l . state (computed by a matrix product outside, as Off) in its
 // epilogue, which saves the broadcast multiply and the sum over the chunk's outputs (and their backward passes).
 #include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include "device_math.cuh"
 
 namespace {
 
@@ -104,10 +106,17 @@ __device__ __forceinline__ void store8x8(float* dst, long ld, int nr, int nc, co
 // REV (the backward's dX = W^T dY): M is CB^T, and row i sums over j >= i with exp(Acs[j] - Acs[i]).
 // Off (forward only; may be null): the off-diagonal outputs C_l . state before their row factor, same layout as Y;
 // Y gets exp(Acs[l]) Off[l, :] added in the epilogue (step 4 of the chunked scan), so Y is the chunk's whole output.
-template <bool VEC, bool REV>
+// The last steps of the scan, when the caller wants them here (inference: no backward follows): out = (Y + D x) silu(z)
+// in x's dtype, at (b, L, h, p) without the padding rows; D is (h) (dhp 0) or (h, p) (dhp 1), D and z may be null.
+template <typename T> struct Final
+{
+    const T* x; const T* z; const float* D; T* out; int L, dhp;
+};
+
+template <bool VEC, bool REV, typename T = float>
 __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB, const float* __restrict__ Acs,
     const float* __restrict__ X, const float* __restrict__ Off, float* __restrict__ Y, int c, int Q, int h, int g, int p,
-    int ptiles)
+    int ptiles, Final<T> fin = Final<T>{})
 {
     __shared__ __align__(16) float CBs[2][RT][KS + 4];  // CB rows l0 .., steps s0 ..; +4: a quarter-warp's 16-byte row reads hit distinct banks
     __shared__ __align__(16) float Xs[2][KS][PT];       // X rows s0 .. s0 + KS - 1, channels p0 .. p0 + PT - 1
@@ -184,6 +193,27 @@ __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB,
                 if (col < p) acc[i][j] = fmaf(el, off[(long)l * rowStride + col], acc[i][j]);
             }
         }
+    }
+    if (!REV && fin.out)
+    {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+        {
+            int l = l0 + ty * 8 + i, t = ci * Q + l;
+            if (l >= Q || t >= fin.L) break;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                int col = p0 + col8(tx, j);
+                if (col >= p) continue;
+                long idx = (((long)bi * fin.L + t) * h + hi) * p + col;
+                float v = acc[i][j];
+                if (fin.D) v = fmaf(fin.D[fin.dhp ? hi * p + col : hi], ssm::tof(fin.x[idx]), v);
+                if (fin.z) { float zv = ssm::tof(fin.z[idx]); v *= zv * ssm::sigmoid_f(zv); }
+                ssm::st(fin.out + idx, v);
+            }
+        }
+        return;
     }
     store8x8(y + (long)l0 * rowStride + p0, rowStride, Q - l0, p - p0, acc, tx, ty, VEC);
 }
@@ -353,6 +383,32 @@ int ssm_ssd_chunk_fwd(const float* CB, const float* Acs, const float* X, const f
     dim3 grid((Q + RT - 1) / RT, c, (unsigned)z);
     if (vec) ssd_diag_fwd<true, false><<<grid, NT>>>(CB, Acs, X, Off, Y, c, Q, h, g, p, ptiles);
     else ssd_diag_fwd<false, false><<<grid, NT>>>(CB, Acs, X, Off, Y, c, Q, h, g, p, ptiles);
+    return (int)cudaGetLastError();
+}
+
+// The forward with the scan's last steps (see Final): out (b, L, h, p) = (Y + D x) silu(z) in x's dtype (bf16: 1, else
+// float32), Y as ssm_ssd_chunk_fwd computes it (never stored). For inference: there is no backward of this form.
+int ssm_ssd_chunk_fwd_final(const float* CB, const float* Acs, const float* X, const float* Off, int bf16, const void* x,
+    const void* z, const float* D, int dhp, void* out, int b, int c, int Q, int L, int h, int g, int p)
+{
+    if (b < 1 || c < 1 || Q < 1 || h < 1 || g < 1 || h % g != 0 || p < 1 || L < 1 || L > c * Q || !x || !out) return -1;
+    int ptiles = (p + PT - 1) / PT;
+    long zg = (long)b * h * ptiles;
+    if (zg > 65535 || c > 65535) return -1;
+    bool vec = Q % 4 == 0 && p % 4 == 0 && aligned16(CB) && aligned16(X);
+    dim3 grid((Q + RT - 1) / RT, c, (unsigned)zg);
+    if (bf16)
+    {
+        Final<__nv_bfloat16> f{ (const __nv_bfloat16*)x, (const __nv_bfloat16*)z, D, (__nv_bfloat16*)out, L, dhp };
+        if (vec) ssd_diag_fwd<true, false, __nv_bfloat16><<<grid, NT>>>(CB, Acs, X, Off, nullptr, c, Q, h, g, p, ptiles, f);
+        else ssd_diag_fwd<false, false, __nv_bfloat16><<<grid, NT>>>(CB, Acs, X, Off, nullptr, c, Q, h, g, p, ptiles, f);
+    }
+    else
+    {
+        Final<float> f{ (const float*)x, (const float*)z, D, (float*)out, L, dhp };
+        if (vec) ssd_diag_fwd<true, false, float><<<grid, NT>>>(CB, Acs, X, Off, nullptr, c, Q, h, g, p, ptiles, f);
+        else ssd_diag_fwd<false, false, float><<<grid, NT>>>(CB, Acs, X, Off, nullptr, c, Q, h, g, p, ptiles, f);
+    }
     return (int)cudaGetLastError();
 }
 
