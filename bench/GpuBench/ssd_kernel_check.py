@@ -5,7 +5,7 @@
 import ctypes, sys, torch
 from gpu_timing import median_ms
 L = ctypes.CDLL(sys.argv[1])
-def P(t): return ctypes.c_void_p(t.data_ptr())
+def P(t): return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
 
 def make(b, c, Q, g, r, p, seed, decay=0.2):
     gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -16,12 +16,10 @@ def make(b, c, Q, g, r, p, seed, decay=0.2):
     X = torch.randn(b, c, Q, h, p, device="cuda", generator=gen)
     return CB, Acs, X
 
-def PN(t): return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
-
 def kernel(CB, Acs, X, g, Off=None):
     b, c, Q, h, p = X.shape
     Y = torch.empty_like(X)
-    assert L.ssm_ssd_chunk_fwd(P(CB), P(Acs), P(X), PN(Off), P(Y), b, c, Q, h, g, p) == 0
+    assert L.ssm_ssd_chunk_fwd(P(CB), P(Acs), P(X), P(Off), P(Y), b, c, Q, h, g, p) == 0
     return Y
 
 def oracle(CB, Acs, X, g, dtype=torch.float64, Off=None):
@@ -41,7 +39,7 @@ def kernel_bwd(CB, Acs, X, dY, g, Off=None):
     dX = torch.empty_like(X); dCB = torch.zeros_like(CB); dAcs = torch.zeros_like(Acs)
     dOff = torch.empty_like(X) if Off is not None else None
     CBT = CB.transpose(-1, -2).contiguous()
-    assert L.ssm_ssd_chunk_bwd(P(CB), P(CBT), P(Acs), P(X), PN(Off), P(dY), P(dX), P(dCB), P(dAcs), PN(dOff), b, c, Q, h, g, p) == 0
+    assert L.ssm_ssd_chunk_bwd(P(CB), P(CBT), P(Acs), P(X), P(Off), P(dY), P(dX), P(dCB), P(dAcs), P(dOff), b, c, Q, h, g, p) == 0
     return (dCB, dAcs, dX) + ((dOff,) if Off is not None else ())
 
 def oracle_bwd(CB, Acs, X, dY, g, dtype=torch.float64, Off=None):

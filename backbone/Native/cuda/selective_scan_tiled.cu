@@ -59,6 +59,10 @@ constexpr unsigned ALL = 0xffffffffu;
 using ssm::tof;
 using ssm::st;
 using ssm::sigmoid_f;
+using ssm::cp16;
+using ssm::cp_commit;
+using ssm::cp_wait_all;
+using ssm::aligned16;
 // 2^x in one MUFU.EX2 instruction (~2 ulp; exp2f without fast math adds range handling around it).
 __device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 // softplus and its derivative from one exponential: e = exp(x), softplus = log1p(e), sigmoid = e / (1 + e); x > 20
@@ -70,14 +74,6 @@ __device__ __forceinline__ float2 softplus_sig(float x)
     return x > 20.f ? make_float2(x, 1.f) : make_float2(log1pf(e), __fdividef(e, 1.f + e));
 }
 
-// 16 bytes global -> shared without passing through registers (sm_80+); completes at cp_wait_all.
-__device__ __forceinline__ void cp16(void* dst, const void* src)
-{
-    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
 
 // rows (<= ROWS) x lt elements (row r at src + r * l) into dst + r * DSTRIDE. vec: by 16-byte cp.async, which needs
 // every row start 16-byte aligned and lt * sizeof(T) a multiple of 16 (the host checks l % 8 == 0 and the pointers);
@@ -611,7 +607,6 @@ __global__ void __launch_bounds__(THREADS, SPT == 2 && sizeof(T) == 2 ? 4 : 2) t
 
 bool tiled_fits(int d, int n, int g) { return n >= 1 && n <= NMAX && g > 0 && d % g == 0 && (d / g) % CH == 0; }
 
-bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
 // Dynamic shared memory (the tiles exceed the 48 KB a block gets without opting in), set once per instantiation.
 template <typename K>

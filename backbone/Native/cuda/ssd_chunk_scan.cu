@@ -29,14 +29,10 @@ constexpr int PT = 64;   // head channels per block
 constexpr int KS = 32;   // steps s per shared-memory tile
 constexpr int NT = 64;   // threads: 8 row groups x 8 column groups
 
-// 16 bytes global -> shared without passing through registers (sm_80+), zero-filled when !full; completes at cp_wait.
-__device__ __forceinline__ void cp16(void* dst, const void* src, bool full)
-{
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(full ? 16 : 0));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_all;\n" ::); }
+using ssm::cp16;
+using ssm::cp_commit;
+using ssm::cp_wait_all;
+using ssm::aligned16;
 
 // A ROWS x COLS tile of floats (row r at src + r ld) into dst (row stride DST), zero past nr rows and nc columns: by
 // 16-byte cp.async (VEC: ld, nc and src 4-float aligned; the caller commits) or by plain, bounds-checked loads.
@@ -151,7 +147,7 @@ __global__ void __launch_bounds__(NT) ssd_diag_fwd(const float* __restrict__ CB,
     for (int t = tfirst; t < ntiles; t++)
     {
         int buf = t & 1, s0 = t * KS;
-        if (VEC) cp_wait();
+        if (VEC) cp_wait_all();
         __syncthreads();                           // tile t is staged; tile t - 1's products are done
         if (t + 1 < ntiles) load(s0 + KS, buf ^ 1);
         // The weights of row lme for the KS steps: CB[lme, s] exp(Acs[lme] - Acs[s]) for s <= lme, else 0 (a select,
@@ -360,10 +356,9 @@ __global__ void __launch_bounds__(NT) ssd_diag_bwd_cb(const float* __restrict__ 
         }
     }
     float* gout = dCB + (((long)bi * g + gi) * c + ci) * (long)Q * Q + (long)l0 * Q + s0;
-    store8x8(gout, Q, Q - l0, Q - s0, gcb, tx, ty, (Q & 3) == 0 && ((unsigned long long)dCB & 15) == 0);
+    store8x8(gout, Q, Q - l0, Q - s0, gcb, tx, ty, (Q & 3) == 0 && aligned16(dCB));
 }
 
-bool aligned16(const void* q) { return ((unsigned long long)q & 15) == 0; }
 
 }  // namespace
 
