@@ -16,9 +16,16 @@ public static class CausalConv
     /// <summary>x (b, c, l) -> (b, c, l), causal.</summary>
     public static Tensor Forward(Conv1d conv, Tensor x)
     {
-        long l = x.shape[2];
-        using var full = conv.forward(x);                                        // (b c l+k-1)
-        return full[.., .., ..(int)l].contiguous();
+        using var y = Causal(x, conv.weight!, conv.bias);
+        return y.contiguous();
+    }
+
+    /// <summary>The first l outputs of the depthwise convolution padded by k - 1 (a view): weight (c, 1, k), bias (c) or null.</summary>
+    static Tensor Causal(Tensor x, Tensor weight, Tensor? bias)
+    {
+        long l = x.shape[2], k = weight.shape[^1];
+        using var full = nn.functional.conv1d(x, weight, bias, padding: k - 1, groups: x.shape[1]);   // (b c l+k-1)
+        return full[.., .., ..(int)l];
     }
 
     /// <summary>
@@ -31,9 +38,8 @@ public static class CausalConv
     public static Tensor ForwardSilu(Tensor x, Tensor weight, Tensor? bias)
     {
         if (CausalConvCudaKernel.Takes(x, weight)) return CausalConvCudaKernel.Apply(x, weight, bias);
-        long l = x.shape[2], k = weight.shape[^1];
-        using var full = nn.functional.conv1d(x, weight, bias, padding: k - 1, groups: x.shape[1]);   // (b c l+k-1)
-        return nn.functional.silu(full[.., .., ..(int)l]);
+        using var y = Causal(x, weight, bias);
+        return nn.functional.silu(y);
     }
 
     /// <summary>

@@ -5,6 +5,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 using Ssm.Backbone.Native;
+using static Ssm.Backbone.Native.TensorPointer;
 
 namespace Ssm.Backbone.Layers;
 
@@ -37,9 +38,6 @@ internal sealed unsafe class CausalConvCudaKernel : torch.autograd.MultiTensorFu
         }
         return FusedFunctionTensors.Apply(() => apply(x, weight, bias ?? none))[0];
     }
-
-    static void* P(Tensor t) => t.numel() == 0 ? null : (void*)TensorPointer.Of(t);
-    static float* F(Tensor t) => (float*)P(t);
 
     static (Tensor y, Tensor x, Tensor w, Tensor bias) Run(Tensor x0, Tensor weight, Tensor bias0)
     {

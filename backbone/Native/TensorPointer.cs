@@ -10,4 +10,9 @@ internal static class TensorPointer
     static extern IntPtr THSTensor_data(IntPtr handle);
 
     public static IntPtr Of(torch.Tensor t) => t.numel() == 0 ? IntPtr.Zero : THSTensor_data(t.Handle);
+
+    // The arguments of the fused kernels' native calls (short names: a call passes a dozen of them): the data
+    // pointer, null for an absent or empty tensor.
+    public static unsafe void* P(torch.Tensor? t) => t is null ? null : (void*)Of(t);
+    public static unsafe float* F(torch.Tensor? t) => (float*)P(t);
 }

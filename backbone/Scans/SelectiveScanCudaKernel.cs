@@ -13,6 +13,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 using Ssm.Backbone.Native;
+using static Ssm.Backbone.Native.TensorPointer;
 
 namespace Ssm.Backbone.Scans;
 
@@ -87,9 +88,6 @@ internal sealed unsafe class SelectiveScanCudaKernel : torch.autograd.MultiTenso
         }
         return new Launched(y, last, tiled, new List<Tensor> { u, delta, A, B, C, D, z, bias, ck });
     }
-
-    static void* P(Tensor t) => t.numel() == 0 ? null : (void*)Ssm.Backbone.Native.TensorPointer.Of(t);
-    static float* F(Tensor t) => (float*)P(t);
 
     public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
     {

@@ -9,6 +9,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 using Ssm.Backbone.Native;
+using static Ssm.Backbone.Native.TensorPointer;
 
 namespace Ssm.Backbone.Scans;
 
@@ -69,9 +70,8 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
         var zi = z?.contiguous();
         var d = D?.to_type(ScalarType.Float32).contiguous();
         var outp = torch.empty(x.shape, x.dtype, x.device);
-        void* P(Tensor? t) => t is null ? null : (void*)TensorPointer.Of(t);
         Check(Lib.Value!.FwdFinal(F(cb), F(acs), F(xd), F(o), x.dtype == ScalarType.BFloat16 ? 1 : 0, P(xi), P(zi),
-            d is null ? null : F(d), d is not null && d.dim() == 2 ? 1 : 0, P(outp), b, c, Q, (int)x.shape[1], g * r, g, p));
+            F(d), d is not null && d.dim() == 2 ? 1 : 0, P(outp), b, c, Q, (int)x.shape[1], g * r, g, p));
         return outp.MoveToOuterDisposeScope();
     }
 
@@ -118,8 +118,6 @@ internal sealed unsafe class SsdCudaKernel : torch.autograd.MultiTensorFunction<
         Check(Lib.Value!.Bwd(F(CB), F(CBT), F(Acs), F(xdt), F(off), F(dY), F(dX), F(dCB), F(dAcs), F(dOff), b, c, Q, g * r, g, p));
         return FusedFunctionTensors.Keep(new List<Tensor> { dCB, dAcs, dX, off.numel() == 0 ? null! : dOff }, grads);
     }
-
-    static float* F(Tensor t) => (float*)TensorPointer.Of(t);
 
     static void Check(int code)
     {
