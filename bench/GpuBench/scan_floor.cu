@@ -20,6 +20,7 @@
 //                 polynomial), D u and the gate
 // The bandwidth floor uses the device-to-device copy rate measured here (cudaMemcpy of 1 GiB; bytes read + written).
 #include <cuda_runtime.h>
+#include "../../backbone/Native/cuda/device_math.cuh"   // ex2 and the bfloat16 path's activation forms
 #include <algorithm>
 #include <cstdio>
 #include <vector>
@@ -29,28 +30,11 @@
 namespace {
 
 constexpr int N = 16;
-constexpr float LOG2E = 1.4426950408889634f;
+using ssm::LOG2E;
 
-__device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
-
-// The same activation forms as selective_scan_tiled.cu's bfloat16 path (one MUFU each, polynomial finish); written out
-// here so the program stands alone.
-__device__ __forceinline__ float softplus_poly(float x)
-{
-    float t = ex2(-fabsf(x) * LOG2E);
-    float p = 1.414082830e-02f;
-    p = fmaf(p, t, -6.640121107e-02f); p = fmaf(p, t, 1.492232089e-01f); p = fmaf(p, t, -2.350382562e-01f);
-    p = fmaf(p, t, 3.310944076e-01f); p = fmaf(p, t, -4.998696493e-01f); p = fmaf(p, t, 9.999987314e-01f);
-    return fmaf(t, p, fmaxf(x, 0.f));
-}
-__device__ __forceinline__ float silu_poly(float z)
-{
-    float t = ex2(-fabsf(z) * LOG2E);
-    float r = -1.044827588e-01f;
-    r = fmaf(r, t, 4.179335200e-01f); r = fmaf(r, t, -7.705690454e-01f); r = fmaf(r, t, 9.534193130e-01f);
-    r = fmaf(r, t, -9.962755131e-01f); r = fmaf(r, t, 9.999489782e-01f);
-    return z * (z >= 0.f ? r : t * r);
-}
+using ssm::ex2;
+using ssm::softplus_poly;
+using ssm::silu_poly;
 
 // 2^x for x <= 0 on the FMA and integer pipes instead of the special-function pipe: x = j + f with j an integer
 // (rounded by the 1.5 2^23 shifter) and f in [-1/2, 1/2]; 2^f by its degree-6 Taylor polynomial (relative error

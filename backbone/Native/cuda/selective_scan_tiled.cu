@@ -55,7 +55,7 @@ constexpr int THREADS = CH * TPC;
 constexpr int TF = 32;          // forward tile (time steps)
 constexpr int TB = 16;          // backward tile, and the spacing of the saved states ck
 constexpr int NMAX = 32;        // largest n of this path
-constexpr float LOG2E = 1.4426950408889634f;
+using ssm::LOG2E;
 constexpr unsigned ALL = 0xffffffffu;
 
 using ssm::tof;
@@ -65,8 +65,9 @@ using ssm::cp16;
 using ssm::cp_commit;
 using ssm::cp_wait_all;
 using ssm::aligned16;
-// 2^x in one MUFU.EX2 instruction (~2 ulp; exp2f without fast math adds range handling around it).
-__device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+using ssm::ex2;
+using ssm::softplus_poly;
+using ssm::silu_poly;
 // softplus and its derivative from one exponential: e = exp(x), softplus = log1p(e), sigmoid = e / (1 + e); x > 20
 // returns x (and 1), as torch does.
 __device__ __forceinline__ float softplus_f(float x) { float r = log1pf(__expf(fminf(x, 20.f))); return x > 20.f ? x : r; }
@@ -196,26 +197,6 @@ __device__ __forceinline__ float2 ld2(const __nv_bfloat16* p)
     return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
 }
 
-// softplus(x) = max(x, 0) + log1p(t), t = exp(-|x|) in (0, 1]; log1p(t) = t P(t) with P a degree-6 fit of log1p(t) / t
-// on [0, 1] (relative error 1.3e-6), so small Δ keep their relative precision. Branch-free; large x gives x + t P(t) = x.
-__device__ __forceinline__ float softplus_poly(float x)
-{
-    float t = ex2(-fabsf(x) * LOG2E);
-    float p = 1.414082830e-02f;
-    p = fmaf(p, t, -6.640121107e-02f); p = fmaf(p, t, 1.492232089e-01f); p = fmaf(p, t, -2.350382562e-01f);
-    p = fmaf(p, t, 3.310944076e-01f); p = fmaf(p, t, -4.998696493e-01f); p = fmaf(p, t, 9.999987314e-01f);
-    return fmaf(t, p, fmaxf(x, 0.f));
-}
-// silu(z) = z sigmoid(z): with t = exp(-|z|), sigmoid(|z|) = 1 / (1 + t) (a degree-5 fit on [0, 1], relative error
-// 5.1e-5) and sigmoid(-|z|) = t / (1 + t).
-__device__ __forceinline__ float silu_poly(float z)
-{
-    float t = ex2(-fabsf(z) * LOG2E);
-    float r = -1.044827588e-01f;
-    r = fmaf(r, t, 4.179335200e-01f); r = fmaf(r, t, -7.705690454e-01f); r = fmaf(r, t, 9.534193130e-01f);
-    r = fmaf(r, t, -9.962755131e-01f); r = fmaf(r, t, 9.999489782e-01f);
-    return z * (z >= 0.f ? r : t * r);
-}
 template <typename T> __device__ __forceinline__ float softplus_fwd(float x) { return softplus_f(x); }
 template <typename T> __device__ __forceinline__ float silu_fwd(float z) { return z * sigmoid_f(z); }
 template <> __device__ __forceinline__ float softplus_fwd<__nv_bfloat16>(float x) { return softplus_poly(x); }
