@@ -32,6 +32,28 @@ public static class Cli
         }
     }
 
+    /// <summary>
+    /// Parses and runs an ssm-* command line: a bare call shows the help (exit 0); a line that does not parse (an
+    /// unknown command or option, a missing argument, a value of the wrong type) is bad usage, said in one line on
+    /// stderr with exit 2 instead of System.CommandLine's full help and errors; --help works as usual.
+    /// </summary>
+    public static int Invoke(System.CommandLine.RootCommand root, string[] args) =>
+        Parse(root, args, Console.Error) is { } parsed ? parsed.Invoke() : Usage;
+
+    /// <summary><see cref="Invoke"/> with the output streams of <paramref name="config"/> (in-process use and tests).</summary>
+    public static Task<int> InvokeAsync(System.CommandLine.RootCommand root, string[] args, System.CommandLine.InvocationConfiguration config) =>
+        Parse(root, args, config.Error) is { } parsed ? parsed.InvokeAsync(config) : Task.FromResult(Usage);
+
+    static System.CommandLine.ParseResult? Parse(System.CommandLine.RootCommand root, string[] args, TextWriter error)
+    {
+        var parsed = root.Parse(args.Length == 0 ? ["--help"] : args);
+        if (parsed.Errors.Count == 0 || parsed.Action is System.CommandLine.Help.HelpAction) return parsed;
+        // The last error is the most specific: "Unrecognized command or argument 'x'" follows "Required command was not
+        // provided" when the command is misspelt.
+        error.WriteLine($"error: {OneLine(parsed.Errors[^1].Message)} (see --help)");
+        return null;
+    }
+
     /// <summary>Runs a command body, turning the exceptions a user can cause into "error: ..." and exit code 1.</summary>
     public static int Guard(Func<int> body)
     {

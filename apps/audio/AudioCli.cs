@@ -57,7 +57,7 @@ public static class AudioCli
         root.Subcommands.Add(TrainClassifierCommand());
         root.Subcommands.Add(InfoCommand(defaults));
         root.Subcommands.Add(Doctor.Create());
-        return root.Parse(args).Invoke();
+        return Cli.Invoke(root, args);
     }
 
     sealed record Defaults(string Model, string Judge);

@@ -58,7 +58,7 @@ public static class DiffuseCli
         root.Subcommands.Add(EvalCommand(defaults));
         root.Subcommands.Add(InfoCommand(defaults));
         root.Subcommands.Add(Doctor.Create());
-        return root.Parse(args).Invoke();
+        return Cli.Invoke(root, args);
     }
 
     sealed record Defaults(string Model, string Judge);

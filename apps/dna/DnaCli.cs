@@ -76,15 +76,7 @@ public static class DnaCli
         root.Subcommands.Add(BaselinesCommand());
         root.Subcommands.Add(InfoCommand(defaults));
         root.Subcommands.Add(Doctor.Create());
-        var parsed = root.Parse(args.Length == 0 ? ["--help"] : args);   // a bare call shows what there is
-        // A command line that does not parse is bad usage (exit 2), said in one line; --help still works as usual.
-        if (parsed.Errors.Count > 0 && parsed.Action is not System.CommandLine.Help.HelpAction)
-        {
-            string message = string.Join(' ', parsed.Errors[0].Message.Split(['\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
-            Console.Error.WriteLine($"error: {message} (see --help)");
-            return Cli.Usage;
-        }
-        return parsed.Invoke();
+        return Cli.Invoke(root, args);
     }
 
     sealed record Defaults(string ModelsDir)

@@ -33,7 +33,7 @@ public static class Program
         root.Subcommands.Add(InfoCommand());
         root.Subcommands.Add(BaselinesCommand());
         root.Subcommands.Add(Doctor.Create());
-        return root.Parse(args).Invoke();
+        return Cli.Invoke(root, args);
     }
 
     // ---- options shared by several commands

@@ -39,7 +39,7 @@ public static class VisionCli
             // Ctrl+C during training: the trainer checkpoints at the next step and returns; give it time to do so.
             ProcessTerminationTimeout = TimeSpan.FromSeconds(60),
         };
-        return root.Parse(args).InvokeAsync(config);
+        return Ssm.Apps.Cli.InvokeAsync(root, args, config);
     }
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, string? defaultModelDir = null) =>

@@ -32,6 +32,9 @@ public sealed class AudioCliTests : IDisposable
     (int Code, string Out, string Err) Run(params string[] args) => ConsoleCapture.Run(() =>
         AudioCli.Run(args, defaultModelDir: Path.Combine(_dir, "no-default-model"), defaultJudgeDir: Path.Combine(_dir, "no-judge")));
 
+    [Fact]
+    public void ParseErrorsAreOneLineAndABareCallShowsTheHelp() => ConsoleCapture.AssertParseErrorsAreOneLine(args => Run(args));
+
     static JsonNode Json((int Code, string Out, string Err) r)
     {
         Assert.True(r.Code == 0, r.Err);

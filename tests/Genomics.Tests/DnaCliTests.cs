@@ -343,6 +343,9 @@ public sealed class DnaCliTests : IDisposable
     }
 
     [Fact]
+    public void ParseErrorsAreOneLineAndABareCallShowsTheHelp() => ConsoleCapture.AssertParseErrorsAreOneLine(args => Run(args));
+
+    [Fact]
     public void InfoJsonDescribesFoldersAndFreshModels()
     {
         var r = Run("info", "--model", _lm, "--json");

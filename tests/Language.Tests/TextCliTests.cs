@@ -30,6 +30,9 @@ public sealed class TextCliTests : IDisposable
     static (int Code, string Out, string Err) Run(params string[] args) => ConsoleCapture.Run(() => Ssm.Apps.Text.Program.Main(args));
 
     [Fact]
+    public void ParseErrorsAreOneLineAndABareCallShowsTheHelp() => ConsoleCapture.AssertParseErrorsAreOneLine(args => Run(args));
+
+    [Fact]
     public void GreedyIdsAsJsonEqualTheArgmaxOfFullForwardPasses()
     {
         var (code, stdout, stderr) = Run("generate", "--model", _model, "--ids", "72,101,108", "--greedy", "--max-new-tokens", "6", "--json", "--device", "cpu");

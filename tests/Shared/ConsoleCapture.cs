@@ -37,4 +37,24 @@ public static class ConsoleCapture
         Assert.DoesNotContain("   at ", r.Err);
         return lines[0];
     }
+
+    /// <summary>
+    /// The command-line contract every ssm-* CLI shares (Ssm.Apps.Cli.Invoke): a line that does not parse is one
+    /// "error:" line naming the bad token, exit 2, nothing on stdout; a bare call shows the help and exits 0.
+    /// </summary>
+    public static void AssertParseErrorsAreOneLine(Func<string[], (int Code, string Out, string Err)> run)
+    {
+        string token = "no-such-command-" + Guid.NewGuid().ToString("N")[..6];
+        foreach (var args in new[] { new[] { token }, new[] { "info", "--" + token } })
+        {
+            var r = run(args);
+            Assert.Equal(2, r.Code);
+            Assert.Contains(token, AssertOneLineError(r));
+            Assert.Equal("", r.Out);
+        }
+        var bare = run([]);
+        Assert.Equal(0, bare.Code);
+        Assert.Contains("Usage:", bare.Out);
+        Assert.Equal("", bare.Err);
+    }
 }

@@ -290,6 +290,9 @@ public sealed class CliTests : IDisposable
         Assert.Contains("--help", o);
     }
 
+    [Fact]
+    public void ParseErrorsAreOneLineAndABareCallShowsTheHelp() => ConsoleCapture.AssertParseErrorsAreOneLine(args => Run(args));
+
     // --device (the suite's shared option, resolved by Devices.Resolve): the default is auto, which runs on the CPU where
     // there is no CUDA (and says so on stderr where there is), and a bad value is a one-line error on every command.
     string Image => Path.Combine(_images, "grey.png");

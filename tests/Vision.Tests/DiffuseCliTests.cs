@@ -307,4 +307,7 @@ public sealed class DiffuseCliTests : IDisposable
         Assert.Contains("Usage:", o);
         Assert.Contains("--help", o);
     }
+
+    [Fact]
+    public void ParseErrorsAreOneLineAndABareCallShowsTheHelp() => ConsoleCapture.AssertParseErrorsAreOneLine(args => Run(args));
 }
