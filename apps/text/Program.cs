@@ -80,6 +80,7 @@ public static class Program
         cmd.SetAction(pr => Cli.Guard(() =>
         {
             if (pr.GetValue(maxNew) < 0) throw new UsageException("--max-new-tokens must be >= 0");
+            if (!(pr.GetValue(temperature) >= 0)) throw new UsageException($"--temperature must be >= 0 (0 = greedy), got {pr.GetValue(temperature)}");
             using var tm = LoadModel(pr.GetValue(model), pr.GetValue(device));
             var prompts = ReadPrompts(tm, pr.GetValue(prompt), pr.GetValue(promptFile), pr.GetValue(promptsFile), pr.GetValue(ids));
             bool isGreedy = pr.GetValue(greedy) || pr.GetValue(temperature) <= 0;
@@ -87,7 +88,8 @@ public static class Program
                 MaxNewTokens: pr.GetValue(maxNew), Temperature: isGreedy ? 1.0 : pr.GetValue(temperature), TopK: pr.GetValue(topK),
                 TopP: pr.GetValue(topP), MinP: pr.GetValue(minP), RepetitionPenalty: pr.GetValue(repPenalty), Seed: (ulong)pr.GetValue(seed),
                 StopStrings: pr.GetValue(stop) ?? [], EosTokenId: tm.Tokenizer?.EosId, Greedy: isGreedy);
-            options.Validate();
+            try { options.Validate(); }
+            catch (ArgumentException e) { throw new UsageException(e.Message); }   // an out-of-range option: bad usage
             WarnIfLong(tm, prompts);
             return Generate(tm, prompts, options, ParsePrecision(pr.GetValue(precision)), pr.GetValue(json), pr.GetValue(ids) is not null);
         }));

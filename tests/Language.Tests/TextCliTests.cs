@@ -32,6 +32,22 @@ public sealed class TextCliTests : IDisposable
     [Fact]
     public void ParseErrorsAreOneLineAndABareCallShowsTheHelp() => ConsoleCapture.AssertParseErrorsAreOneLine(args => Run(args));
 
+    // Out-of-range sampling options are bad usage (exit 2) in one line, before any token is generated; a negative
+    // temperature is not taken as greedy (only 0 is).
+    [Theory]
+    [InlineData("--temperature", "-1", "--temperature")]
+    [InlineData("--top-p", "1.5", "top-p")]
+    [InlineData("--top-k", "-3", "top-k")]
+    [InlineData("--min-p", "2", "min-p")]
+    [InlineData("--repetition-penalty", "0", "repetition penalty")]
+    public void OutOfRangeSamplingOptionsAreUsageErrors(string option, string value, string named)
+    {
+        var r = Run("generate", "--model", _model, "--ids", "1,2", "-n", "3", option, value, "--device", "cpu");
+        Assert.Equal(2, r.Code);
+        Assert.Contains(named, ConsoleCapture.AssertOneLineError(r));
+        Assert.Equal("", r.Out);
+    }
+
     [Fact]
     public void GreedyIdsAsJsonEqualTheArgmaxOfFullForwardPasses()
     {
