@@ -11,8 +11,9 @@
 // and this program measures it: every kernel below keeps its inputs in shared memory (a 32-step table that the loop
 // cycles through, read as the fused kernel reads its staging: one 16-byte load per step for (Δ, u, z) and broadcast
 // 16-byte loads for B_t, C_t), so it moves no device memory beyond one float per thread at the end.
-// Kernels (one thread per channel, all n states in registers; the work is split over 4x the channels with l / 4 steps,
-// so there are enough warps to hide every latency: a throughput floor, not a schedule):
+// Kernels (one thread per channel, all n states in registers; the work is split over 4x or 16x the channels with
+// l / 4 or l / 16 steps, so there are enough warps to hide every latency: a throughput floor, not a schedule; each row
+// is the best of 12 arrangements, see sweep()):
 //   ex2 only      the n exponentials per channel-step and nothing else (the special-function pipe's rate)
 //   state math    the n state updates per channel-step: 2^(Δ a) (FMUL + MUFU.EX2), h = dA h + (Δu) B (FMUL + FFMA),
 //                 y += C h (FFMA), the B, C loads
@@ -52,9 +53,28 @@ __device__ __forceinline__ float ex2_fma(float x)
     return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
 }
 
-// MODE 0: ex2 only; 1: state math; 2: state math + activations. M: how many of the n exponentials go to ex2_fma.
-template <int MODE, int M = 0>
-__global__ void __launch_bounds__(128) floor_kernel(const float* __restrict__ A, float* __restrict__ out, int l)
+// The bfloat16 path's activations with their exponential on the FMA pipe (AF below).
+__device__ __forceinline__ float softplus_fma(float x)
+{
+    float t = ex2_fma(-fabsf(x) * LOG2E);
+    float p = 1.414082830e-02f;
+    p = fmaf(p, t, -6.640121107e-02f); p = fmaf(p, t, 1.492232089e-01f); p = fmaf(p, t, -2.350382562e-01f);
+    p = fmaf(p, t, 3.310944076e-01f); p = fmaf(p, t, -4.998696493e-01f); p = fmaf(p, t, 9.999987314e-01f);
+    return fmaf(t, p, fmaxf(x, 0.f));
+}
+__device__ __forceinline__ float silu_fma(float z)
+{
+    float t = ex2_fma(-fabsf(z) * LOG2E);
+    float r = -1.044827588e-01f;
+    r = fmaf(r, t, 4.179335200e-01f); r = fmaf(r, t, -7.705690454e-01f); r = fmaf(r, t, 9.534193130e-01f);
+    r = fmaf(r, t, -9.962755131e-01f); r = fmaf(r, t, 9.999489782e-01f);
+    return z * (z >= 0.f ? r : t * r);
+}
+
+// MODE 0: ex2 only; 1: state math; 2: state math + activations. M: how many of the n exponentials go to ex2_fma;
+// AF: the activations' exponentials too. BLK threads per block, the step loop unrolled by UNR.
+template <int MODE, int M, bool AF, int BLK, int UNR>
+__global__ void __launch_bounds__(BLK) floor_kernel(const float* __restrict__ A, float* __restrict__ out, int l)
 {
     __shared__ __align__(16) float4 e[32];          // (raw Δ, u, z, D) per step
     __shared__ __align__(16) float bc[32][2 * N];   // B_t, C_t per step
@@ -67,7 +87,7 @@ __global__ void __launch_bounds__(128) floor_kernel(const float* __restrict__ A,
     float a[N], h[N], y = 0.f;
 #pragma unroll
     for (int k = 0; k < N; k++) { a[k] = A[(c & 7) * N + k] * LOG2E; h[k] = 0.f; }
-#pragma unroll 2
+#pragma unroll (UNR)
     for (int t = 0; t < l; t++)
     {
         float4 v = e[t & 31];
@@ -78,7 +98,7 @@ __global__ void __launch_bounds__(128) floor_kernel(const float* __restrict__ A,
             for (int k = 0; k < N; k++) h[k] += ex2(v.x * a[k]);
             continue;
         }
-        float dt = MODE == 2 ? softplus_poly(v.x) : v.x, du = dt * v.y, acc = 0.f;
+        float dt = MODE == 2 ? (AF ? softplus_fma(v.x) : softplus_poly(v.x)) : v.x, du = dt * v.y, acc = 0.f;
         float b[2 * N];
 #pragma unroll
         for (int q = 0; q < 2 * N; q += 4)
@@ -92,7 +112,7 @@ __global__ void __launch_bounds__(128) floor_kernel(const float* __restrict__ A,
             h[k] = fmaf(k < M ? ex2_fma(dt * a[k]) : ex2(dt * a[k]), h[k], du * b[k]);
             acc = fmaf(b[N + k], h[k], acc);
         }
-        y += MODE == 2 ? (acc + v.w * v.y) * silu_poly(v.z) : acc;
+        y += MODE == 2 ? (acc + v.w * v.y) * (AF ? silu_fma(v.z) : silu_poly(v.z)) : acc;
     }
 #pragma unroll
     for (int k = 0; k < N; k++) y += h[k];
@@ -140,6 +160,37 @@ __global__ void clock_kernel(double* ghz)
     if (x != 12345.f) *ghz = (double)(c1 - c0) / (double)(g1 - g0);
 }
 
+// One arrangement: `channels` threads of `steps` steps each.
+template <int MODE, int M, bool AF, int BLK, int UNR>
+float time_one(const float* A, float* out, long channels, int steps)
+{
+    return median_ms([&] { floor_kernel<MODE, M, AF, BLK, UNR><<<(int)(channels / BLK), BLK>>>(A, out, steps); });
+}
+
+struct Best { float ms; int blk, unr, split; };
+
+// The fastest arrangement of the same channel-steps: the b d channels split into `split` pieces of l / split steps
+// (more, shorter chains: more warps to hide latency), blocks of 128, 256 or 512 threads, the step loop unrolled by 2
+// or 4. Which one wins depends on the compiler's schedule; the floor is the best of them.
+template <int MODE, int M, bool AF>
+Best sweep(const float* A, float* out, long bd, long l, std::vector<int> splits)
+{
+    Best best{1e30f, 0, 0, 0};
+    for (int s : splits)
+    {
+        long ch = bd * s;
+        int st = (int)(l / s);
+        auto take = [&](float ms, int blk, int unr) { if (ms < best.ms) best = { ms, blk, unr, s }; };
+        take(time_one<MODE, M, AF, 128, 2>(A, out, ch, st), 128, 2);
+        take(time_one<MODE, M, AF, 128, 4>(A, out, ch, st), 128, 4);
+        take(time_one<MODE, M, AF, 256, 2>(A, out, ch, st), 256, 2);
+        take(time_one<MODE, M, AF, 256, 4>(A, out, ch, st), 256, 4);
+        take(time_one<MODE, M, AF, 512, 2>(A, out, ch, st), 512, 2);
+        take(time_one<MODE, M, AF, 512, 4>(A, out, ch, st), 512, 4);
+    }
+    return best;
+}
+
 }  // namespace
 
 int main()
@@ -163,26 +214,24 @@ int main()
     double bytes32 = 4.0 * elems * 4 + 2.0 * b * n * l * 4;
     double floor16 = bytes16 / bw * 1e3, floor32 = bytes32 / bw * 1e3;
 
-    // Compute kernels: 4x the channels at l / 4 steps (the same channel-steps), 128 threads per block.
-    const int split = 4, lk = (int)(l / split);
-    const long threads = b * d * split;
+    // Compute kernels: the same b d l channel-steps as the shape, arranged as in sweep().
+    const long bd = b * d;
     float *A, *out;
     double* ghz;
-    CK(cudaMalloc(&A, 8 * N * sizeof(float))); CK(cudaMalloc(&out, threads * sizeof(float))); CK(cudaMalloc(&ghz, sizeof(double)));
+    CK(cudaMalloc(&A, 8 * N * sizeof(float))); CK(cudaMalloc(&out, 16 * bd * sizeof(float))); CK(cudaMalloc(&ghz, sizeof(double)));
     std::vector<float> hA(8 * N);
     for (int i = 0; i < 8 * N; i++) hA[i] = -(1.f + i % N) * (1.f + 0.1f * (i / N));   // S4D-real-like: A_k = -(k + 1) scaled
     CK(cudaMemcpy(A, hA.data(), hA.size() * sizeof(float), cudaMemcpyHostToDevice));
-    int blocks = (int)(threads / 128);
-    float t0 = median_ms([&] { floor_kernel<0><<<blocks, 128>>>(A, out, lk); });
-    float t1 = median_ms([&] { floor_kernel<1><<<blocks, 128>>>(A, out, lk); });
-    float t2 = median_ms([&] { floor_kernel<2><<<blocks, 128>>>(A, out, lk); });
-    // Part of the exponentials on the FMA pipe (the special-function pipe is the busiest unit of the kernels above).
-    float t2m2 = median_ms([&] { floor_kernel<2, 2><<<blocks, 128>>>(A, out, lk); });
-    float t2m4 = median_ms([&] { floor_kernel<2, 4><<<blocks, 128>>>(A, out, lk); });
-    // Twice the warps (8x the channels at l / 8 steps).
-    float t2w = median_ms([&] { floor_kernel<2><<<2 * blocks, 128>>>(A, out, lk / 2); });
-    // The same kernel laid out as the real shape (one thread per channel, all l steps): fewer warps, latency shows.
-    float t2r = median_ms([&] { floor_kernel<2><<<(int)(b * d / 128), 128>>>(A, out, (int)l); });
+    const std::vector<int> splits = { 4, 16 };
+    Best t0 = sweep<0, 0, false>(A, out, bd, l, splits);
+    Best t1 = sweep<1, 0, false>(A, out, bd, l, splits);
+    Best t2 = sweep<2, 0, false>(A, out, bd, l, splits);
+    // Exponentials on the FMA pipe instead (the special-function pipe is the busiest unit of the kernels above):
+    // the activations', or 2 of the n states'.
+    Best t2af = sweep<2, 0, true>(A, out, bd, l, splits);
+    Best t2m2 = sweep<2, 2, false>(A, out, bd, l, splits);
+    // The real shape's parallelism: one thread per channel over all l steps; too few warps, latency shows.
+    Best t2r = sweep<2, 0, false>(A, out, bd, l, { 1 });
     // ex2_fma against ex2.approx on a grid of x in [-40, 0]: the largest relative difference.
     float* err;
     CK(cudaMalloc(&err, sizeof(float)));
@@ -194,8 +243,8 @@ int main()
     clock_kernel<<<1, 1>>>(ghz);
     double clk = 0;
     CK(cudaMemcpy(&clk, ghz, sizeof(double), cudaMemcpyDeviceToHost));
-    std::vector<float> ho(threads);
-    CK(cudaMemcpy(ho.data(), out, threads * sizeof(float), cudaMemcpyDeviceToHost));
+    std::vector<float> ho(bd);
+    CK(cudaMemcpy(ho.data(), out, bd * sizeof(float), cudaMemcpyDeviceToHost));
     double chk = 0; for (float v : ho) chk += v;
 
     double exps = (double)elems * n;
@@ -203,20 +252,25 @@ int main()
     std::printf("# device: %s, %d SMs; SM clock while busy (clock64 / globaltimer): %.2f GHz\n", prop.name, prop.multiProcessorCount, clk);
     std::printf("# shape: b %ld, d %ld, l %ld, n %ld: %.1f M channel-steps, %.0f M exponentials; checksum %.6g\n",
         b, d, l, n, elems / 1e6, exps / 1e6, chk);
-    std::printf("# device ms = CUDA events around 20 back-to-back launches / 20, median of 5\n");
+    std::printf("# device ms = CUDA events around 20 back-to-back launches / 20, median of 5; each row the best of its arrangements\n");
     std::printf("%-58s %10s %s\n", "quantity", "ms", "note");
     std::printf("%-58s %10.4f %.2f TB/s (read + write)\n", "device copy of 1 GiB", copy_ms, bw / 1e12);
     std::printf("%-58s %10.4f %.1f MB\n", "bandwidth floor, float32 forward", floor32, bytes32 / 1e6);
     std::printf("%-58s %10.4f %.1f MB\n", "bandwidth floor, bfloat16 forward", floor16, bytes16 / 1e6);
     std::printf("%-58s %10.4f target: 2x the bfloat16 floor\n", "target, bfloat16 forward", 2 * floor16);
-    std::printf("%-58s %10.4f %.2f G ex2/s per SM per GHz\n", "ex2 only (n per channel-step), no memory", t0,
-        exps / (t0 * 1e-3) / prop.multiProcessorCount / (clk * 1e9));
-    std::printf("%-58s %10.4f %.0f%% of the target\n", "state math (n updates per channel-step), no memory", t1, 100.0 * t1 / (2 * floor16));
-    std::printf("%-58s %10.4f %.0f%% of the target\n", "state math + activations (bf16 path's), no memory", t2, 100.0 * t2 / (2 * floor16));
-    std::printf("%-58s %10.4f %.0f%% of the target\n", "  2 of the n exponentials on the FMA pipe", t2m2, 100.0 * t2m2 / (2 * floor16));
-    std::printf("%-58s %10.4f %.0f%% of the target\n", "  4 of the n exponentials on the FMA pipe", t2m4, 100.0 * t2m4 / (2 * floor16));
-    std::printf("%-58s %10.4f %.0f%% of the target\n", "  twice the warps (8x the channels, l / 8 steps)", t2w, 100.0 * t2w / (2 * floor16));
-    std::printf("%-58s %10.4f %.0f%% of the target\n", "  one thread per channel over all l steps", t2r, 100.0 * t2r / (2 * floor16));
+    double target = 2 * floor16;
+    auto row = [&](const char* what, Best r)
+    {
+        std::printf("%-58s %10.4f %4.0f%% of the target (blocks of %d, unroll %d, channels x %d)\n", what, r.ms,
+            100.0 * r.ms / target, r.blk, r.unr, r.split);
+    };
+    row("ex2 only (n per channel-step), no memory", t0);
+    std::printf("%-58s %10.2f of 16 per SM per clock\n", "  ex2 rate", exps / (t0.ms * 1e-3) / prop.multiProcessorCount / (clk * 1e9));
+    row("state math (n updates per channel-step), no memory", t1);
+    row("state math + activations (bf16 path's), no memory", t2);
+    row("  the activations' exponentials on the FMA pipe", t2af);
+    row("  2 of the n state exponentials on the FMA pipe", t2m2);
+    row("  one thread per channel over all l steps", t2r);
     std::printf("# ex2_fma vs 2^x (float64) on [-40, 0]: max relative error %.2e\n", maxrel);
     return 0;
 }
