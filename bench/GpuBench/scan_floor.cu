@@ -54,22 +54,7 @@ __device__ __forceinline__ float ex2_fma(float x)
 }
 
 // The bfloat16 path's activations with their exponential on the FMA pipe (AF below).
-__device__ __forceinline__ float softplus_fma(float x)
-{
-    float t = ex2_fma(-fabsf(x) * LOG2E);
-    float p = 1.414082830e-02f;
-    p = fmaf(p, t, -6.640121107e-02f); p = fmaf(p, t, 1.492232089e-01f); p = fmaf(p, t, -2.350382562e-01f);
-    p = fmaf(p, t, 3.310944076e-01f); p = fmaf(p, t, -4.998696493e-01f); p = fmaf(p, t, 9.999987314e-01f);
-    return fmaf(t, p, fmaxf(x, 0.f));
-}
-__device__ __forceinline__ float silu_fma(float z)
-{
-    float t = ex2_fma(-fabsf(z) * LOG2E);
-    float r = -1.044827588e-01f;
-    r = fmaf(r, t, 4.179335200e-01f); r = fmaf(r, t, -7.705690454e-01f); r = fmaf(r, t, 9.534193130e-01f);
-    r = fmaf(r, t, -9.962755131e-01f); r = fmaf(r, t, 9.999489782e-01f);
-    return z * (z >= 0.f ? r : t * r);
-}
+struct Ex2Fma { __device__ __forceinline__ float operator()(float x) const { return ex2_fma(x); } };
 
 // MODE 0: ex2 only; 1: state math; 2: state math + activations. M: how many of the n exponentials go to ex2_fma;
 // AF: the activations' exponentials too. BLK threads per block, the step loop unrolled by UNR.
@@ -98,7 +83,7 @@ __global__ void __launch_bounds__(BLK) floor_kernel(const float* __restrict__ A,
             for (int k = 0; k < N; k++) h[k] += ex2(v.x * a[k]);
             continue;
         }
-        float dt = MODE == 2 ? (AF ? softplus_fma(v.x) : softplus_poly(v.x)) : v.x, du = dt * v.y, acc = 0.f;
+        float dt = MODE == 2 ? (AF ? softplus_poly(v.x, Ex2Fma{}) : softplus_poly(v.x)) : v.x, du = dt * v.y, acc = 0.f;
         float b[2 * N];
 #pragma unroll
         for (int q = 0; q < 2 * N; q += 4)
@@ -112,7 +97,7 @@ __global__ void __launch_bounds__(BLK) floor_kernel(const float* __restrict__ A,
             h[k] = fmaf(k < M ? ex2_fma(dt * a[k]) : ex2(dt * a[k]), h[k], du * b[k]);
             acc = fmaf(b[N + k], h[k], acc);
         }
-        y += MODE == 2 ? (acc + v.w * v.y) * (AF ? silu_fma(v.z) : silu_poly(v.z)) : acc;
+        y += MODE == 2 ? (acc + v.w * v.y) * (AF ? silu_poly(v.z, Ex2Fma{}) : silu_poly(v.z)) : acc;
     }
 #pragma unroll
     for (int k = 0; k < N; k++) y += h[k];

@@ -36,9 +36,12 @@ __device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32
 // polynomial finish suffice, and the special-function pipe is the scan's busiest unit).
 // softplus(x) = max(x, 0) + log1p(t), t = exp(-|x|) in (0, 1]; log1p(t) = t P(t) with P a degree-6 fit of log1p(t) / t
 // on [0, 1] (relative error 1.3e-6), so small Δ keep their relative precision. Branch-free; large x gives x + t P(t) = x.
-__device__ __forceinline__ float softplus_poly(float x)
+// E: the 2^x used (ex2 by default; bench/GpuBench/scan_floor.cu also times an FMA-pipe one).
+struct Ex2Mufu { __device__ __forceinline__ float operator()(float x) const { return ex2(x); } };
+template <typename E = Ex2Mufu>
+__device__ __forceinline__ float softplus_poly(float x, E exp2 = {})
 {
-    float t = ex2(-fabsf(x) * LOG2E);
+    float t = exp2(-fabsf(x) * LOG2E);
     float p = 1.414082830e-02f;
     p = fmaf(p, t, -6.640121107e-02f); p = fmaf(p, t, 1.492232089e-01f); p = fmaf(p, t, -2.350382562e-01f);
     p = fmaf(p, t, 3.310944076e-01f); p = fmaf(p, t, -4.998696493e-01f); p = fmaf(p, t, 9.999987314e-01f);
@@ -46,9 +49,10 @@ __device__ __forceinline__ float softplus_poly(float x)
 }
 // silu(z) = z sigmoid(z): with t = exp(-|z|), sigmoid(|z|) = 1 / (1 + t) (a degree-5 fit on [0, 1], relative error
 // 5.1e-5) and sigmoid(-|z|) = t / (1 + t).
-__device__ __forceinline__ float silu_poly(float z)
+template <typename E = Ex2Mufu>
+__device__ __forceinline__ float silu_poly(float z, E exp2 = {})
 {
-    float t = ex2(-fabsf(z) * LOG2E);
+    float t = exp2(-fabsf(z) * LOG2E);
     float r = -1.044827588e-01f;
     r = fmaf(r, t, 4.179335200e-01f); r = fmaf(r, t, -7.705690454e-01f); r = fmaf(r, t, 9.534193130e-01f);
     r = fmaf(r, t, -9.962755131e-01f); r = fmaf(r, t, 9.999489782e-01f);
