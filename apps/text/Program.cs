@@ -81,15 +81,17 @@ public static class Program
         {
             if (pr.GetValue(maxNew) < 0) throw new UsageException("--max-new-tokens must be >= 0");
             if (!(pr.GetValue(temperature) >= 0)) throw new UsageException($"--temperature must be >= 0 (0 = greedy), got {pr.GetValue(temperature)}");
-            using var tm = LoadModel(pr.GetValue(model), pr.GetValue(device));
-            var prompts = ReadPrompts(tm, pr.GetValue(prompt), pr.GetValue(promptFile), pr.GetValue(promptsFile), pr.GetValue(ids));
             bool isGreedy = pr.GetValue(greedy) || pr.GetValue(temperature) <= 0;
             var options = new GenerationOptions(
                 MaxNewTokens: pr.GetValue(maxNew), Temperature: isGreedy ? 1.0 : pr.GetValue(temperature), TopK: pr.GetValue(topK),
                 TopP: pr.GetValue(topP), MinP: pr.GetValue(minP), RepetitionPenalty: pr.GetValue(repPenalty), Seed: (ulong)pr.GetValue(seed),
-                StopStrings: pr.GetValue(stop) ?? [], EosTokenId: tm.Tokenizer?.EosId, Greedy: isGreedy);
+                StopStrings: pr.GetValue(stop) ?? [], Greedy: isGreedy);
+            // An out-of-range option is bad usage, reported before the model is loaded.
             try { options.Validate(); }
-            catch (ArgumentException e) { throw new UsageException(e.Message); }   // an out-of-range option: bad usage
+            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            using var tm = LoadModel(pr.GetValue(model), pr.GetValue(device));
+            options = options with { EosTokenId = tm.Tokenizer?.EosId };
+            var prompts = ReadPrompts(tm, pr.GetValue(prompt), pr.GetValue(promptFile), pr.GetValue(promptsFile), pr.GetValue(ids));
             WarnIfLong(tm, prompts);
             return Generate(tm, prompts, options, ParsePrecision(pr.GetValue(precision)), pr.GetValue(json), pr.GetValue(ids) is not null);
         }));

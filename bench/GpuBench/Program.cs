@@ -231,7 +231,6 @@ MambaLMConfig Shape130m() => quick
     ? new MambaLMConfig(1000, 128, 2, Mamba: new MambaConfig(128))
     : new MambaLMConfig(50280, 768, 24, Mamba: new MambaConfig(768));
 
-// ------------------------------------------------------------------------------------------------ training step
 // ------------------------------------------------------------------------------------------------ causal conv1d + SiLU
 if (sections.Contains("conv"))
 {
@@ -280,6 +279,7 @@ if (sections.Contains("conv"))
     Console.WriteLine();
 }
 
+// ------------------------------------------------------------------------------------------------ training step
 if (sections.Contains("train"))
 {
     long l = quick ? 256 : 2048;

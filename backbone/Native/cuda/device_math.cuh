@@ -32,12 +32,13 @@ __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;
 constexpr float LOG2E = 1.4426950408889634f;
 // 2^x in one MUFU.EX2 instruction (~2 ulp; exp2f without fast math adds range handling around it).
 __device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+
 // The bfloat16 paths' activations (bfloat16 activations carry 8 significant bits, so one MUFU instruction and a
-// polynomial finish suffice, and the special-function pipe is the scan's busiest unit).
+// polynomial finish suffice, and the special-function pipe is the scan's busiest unit). E: the 2^x they use (ex2 by
+// default; bench/GpuBench/scan_floor.cu also times an FMA-pipe one).
+struct Ex2Mufu { __device__ __forceinline__ float operator()(float x) const { return ex2(x); } };
 // softplus(x) = max(x, 0) + log1p(t), t = exp(-|x|) in (0, 1]; log1p(t) = t P(t) with P a degree-6 fit of log1p(t) / t
 // on [0, 1] (relative error 1.3e-6), so small Δ keep their relative precision. Branch-free; large x gives x + t P(t) = x.
-// E: the 2^x used (ex2 by default; bench/GpuBench/scan_floor.cu also times an FMA-pipe one).
-struct Ex2Mufu { __device__ __forceinline__ float operator()(float x) const { return ex2(x); } };
 template <typename E = Ex2Mufu>
 __device__ __forceinline__ float softplus_poly(float x, E exp2 = {})
 {
